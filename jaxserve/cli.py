@@ -1,0 +1,108 @@
+"""The `jaxserve` command line: `generate` and `convert` (serve, plan and bench arrive with their issues)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from typing import Any
+
+from jaxserve.engine.engine_args import EngineArgs
+from jaxserve.sampling_params import SamplingParams
+
+_BOOL_DEFAULT_TRUE = {"compile_all_buckets", "progress"}
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """One flag per EngineArgs field (`max_num_seqs` -> `--max-num-seqs`), so flags map 1:1 to the config."""
+    parser.add_argument("model", nargs="?", default=None, help="checkpoint (HF dir, .gguf, native dir); "
+                        "default: SmolLM2-135M-Instruct")
+    for field in dataclasses.fields(EngineArgs):
+        if field.name == "model":
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if field.type in ("bool", bool):
+            if field.name in _BOOL_DEFAULT_TRUE:
+                parser.add_argument("--no-" + field.name.replace("_", "-"), dest=field.name, action="store_false")
+            else:
+                parser.add_argument(flag, action="store_true")
+        else:
+            kind = int if "int" in str(field.type) else str
+            parser.add_argument(flag, type=kind, default=field.default)
+
+
+def engine_args_from(ns: argparse.Namespace) -> EngineArgs:
+    """EngineArgs from parsed flags."""
+    return EngineArgs(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(EngineArgs)})
+
+
+def _generate(ns: argparse.Namespace) -> int:
+    from jaxserve.llm import LLM
+
+    args = engine_args_from(ns)
+    llm = LLM(**dataclasses.asdict(args))
+    params = SamplingParams(max_tokens=ns.max_tokens, temperature=ns.temperature, top_p=ns.top_p, top_k=ns.top_k,
+                            seed=ns.sampling_seed, stop=ns.stop or None)
+    prompts = ns.prompt or ["The capital of France is"]
+    if ns.chat:
+        outputs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params, use_tqdm=False)
+    else:
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+    for prompt, out in zip(prompts, outputs):
+        record: dict[str, Any] = {"prompt": prompt, "text": out.outputs[0].text,
+                                  "finish_reason": out.outputs[0].finish_reason}
+        print(json.dumps(record, ensure_ascii=False) if ns.json else f"{prompt}{out.outputs[0].text}")
+    return 0
+
+
+def _convert(ns: argparse.Namespace) -> int:
+    from jaxserve.checkpoint.convert import convert
+
+    convert(ns.src, ns.dst, dtype=ns.dtype, progress=not ns.no_progress)
+    print(f"wrote {ns.dst}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `jaxserve`."""
+    parser = argparse.ArgumentParser(prog="jaxserve", description="JAX LLM inference engine")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate text for prompts")
+    add_engine_args(gen)
+    gen.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    gen.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
+    gen.add_argument("--max-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--sampling-seed", type=int, default=None)
+    gen.add_argument("--stop", action="append")
+    gen.add_argument("--json", action="store_true", help="one JSON object per prompt")
+    gen.set_defaults(func=_generate)
+
+    conv = sub.add_parser("convert", help="write a native (orbax) checkpoint that loads faster")
+    conv.add_argument("src")
+    conv.add_argument("dst")
+    conv.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    conv.add_argument("--no-progress", action="store_true")
+    conv.set_defaults(func=_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `jaxserve` console script."""
+    ns = build_parser().parse_args(argv)
+    logging.basicConfig(level=ns.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return ns.func(ns)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

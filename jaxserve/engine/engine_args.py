@@ -1,0 +1,112 @@
+"""EngineArgs: the user-facing knobs (LLM keyword arguments and CLI flags, 1:1) and how they build an engine."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+
+import jax
+
+from jaxserve.config import CacheConfig, EngineConfig, SchedulerConfig
+from jaxserve.kv_cache import kv_bytes_per_token
+
+logger = logging.getLogger(__name__)
+
+CPU_DEFAULT_KV_CACHE_MEMORY = 1 << 30  # 1 GiB: modest, so several engines fit in one test process
+DEVICE_MEMORY_UTILIZATION = 0.9
+DEFAULT_COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "jaxserve", "xla")
+
+
+@dataclasses.dataclass
+class EngineArgs:
+    """Arguments of `LLM(...)` and `jaxserve serve/generate`; `None` means "derive from the model or platform"."""
+
+    model: str | None = None
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
+    block_size: int = 16
+    kv_cache_memory: int | None = None
+    num_kv_blocks: int | None = None
+    skip_tokenizer_init: bool = False
+    seed: int = 0
+    compile_all_buckets: bool = True
+    compilation_cache_dir: str | None = DEFAULT_COMPILATION_CACHE
+    progress: bool = True
+
+    def resolved_dtype(self) -> str:
+        """"auto" is float32 on CPU and bfloat16 on accelerators."""
+        if self.dtype != "auto":
+            return self.dtype
+        return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def build_engine(args: EngineArgs):
+    """Load the checkpoint and tokenizer, size the KV pool, compile the steps, and return an LLMEngine."""
+    from jaxserve.checkpoint import default_model_path, load_checkpoint
+    from jaxserve.engine.llm_engine import LLMEngine
+
+    if args.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", args.compilation_cache_dir)
+    dtype = args.resolved_dtype()
+    path = args.model or default_model_path()
+    start = time.perf_counter()
+    loaded = load_checkpoint(path, dtype=dtype, progress=args.progress)
+    params = jax.device_put(loaded.params)
+    logger.info("loaded %s (%s, %s) in %.1f s", path, loaded.format, dtype, time.perf_counter() - start)
+    tokenizer = None
+    if not args.skip_tokenizer_init:
+        if loaded.tokenizer_path is None:
+            raise ValueError(f"no tokenizer files found for {path}; pass skip_tokenizer_init=True and token-id "
+                             f"prompts, or add tokenizer.json / tokenizer.model")
+        from jaxserve.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(loaded.tokenizer_path)
+    config = EngineConfig(
+        model=loaded.config,
+        cache=CacheConfig(block_size=args.block_size, kv_cache_memory=args.kv_cache_memory,
+                          num_kv_blocks=args.num_kv_blocks),
+        scheduler=SchedulerConfig(max_model_len=args.max_model_len or loaded.config.max_position_embeddings,
+                                  max_num_seqs=args.max_num_seqs,
+                                  max_num_batched_tokens=args.max_num_batched_tokens),
+        dtype=dtype, seed=args.seed, compile_all_buckets=args.compile_all_buckets,
+        compilation_cache_dir=args.compilation_cache_dir)
+    num_blocks = size_kv_pool(config)
+    return LLMEngine(config, params, tokenizer, num_blocks, progress=args.progress)
+
+
+def size_kv_pool(config: EngineConfig) -> int:
+    """Pages in the pool (the reserved page included), from num_kv_blocks, kv_cache_memory or the platform."""
+    cache = config.cache
+    per_block = kv_bytes_per_token(config.model, config.kv_dtype) * cache.block_size
+    if cache.num_kv_blocks is not None:
+        num_blocks = cache.num_kv_blocks
+    else:
+        budget = cache.kv_cache_memory or _default_kv_budget()
+        num_blocks = budget // per_block
+        # More pages than max_num_seqs full-length sequences can use would only waste memory.
+        num_blocks = min(num_blocks, config.scheduler.max_num_seqs * config.max_blocks_per_seq + 1)
+    if num_blocks < 2:
+        raise ValueError(f"the KV budget holds {num_blocks} pages of {per_block} bytes; at least 2 are needed")
+    tokens = (num_blocks - 1) * cache.block_size
+    per_seq = config.max_blocks_per_seq
+    logger.info("KV cache: %d pages x %d tokens = %d tokens, %.1f MiB (%d bytes/token); max concurrency at "
+                "max_model_len=%d: %.2f sequences", num_blocks - 1, cache.block_size, tokens,
+                num_blocks * per_block / 2**20, per_block // cache.block_size, config.scheduler.max_model_len,
+                (num_blocks - 1) / per_seq)
+    return num_blocks
+
+
+def _default_kv_budget() -> int:
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return CPU_DEFAULT_KV_CACHE_MEMORY
+    stats = device.memory_stats() or {}
+    limit, used = stats.get("bytes_limit"), stats.get("bytes_in_use", 0)
+    if not limit:
+        return CPU_DEFAULT_KV_CACHE_MEMORY
+    return max(0, math.floor(limit * DEVICE_MEMORY_UTILIZATION) - used)

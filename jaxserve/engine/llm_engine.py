@@ -1,0 +1,230 @@
+"""LLMEngine: requests in, RequestOutputs out, one `step()` at a time (the loop the server drives)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from jaxserve.config import EngineConfig
+from jaxserve.engine.block_manager import BlockManager
+from jaxserve.engine.request_state import RequestState
+from jaxserve.engine.runner import ModelRunner
+from jaxserve.engine.scheduler import ScheduledBatch, Scheduler
+from jaxserve.engine.sequence import Sequence
+from jaxserve.outputs import RequestOutput
+from jaxserve.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+Prompt = str | list[int] | dict[str, Any]
+
+
+class LLMEngine:
+    """Continuous batching over a ModelRunner: add requests, call `step()`, read the outputs it returns."""
+
+    def __init__(self, config: EngineConfig, params: dict[str, Any], tokenizer: Any | None, num_blocks: int,
+                 progress: bool = True) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.runner = ModelRunner(config, params, num_blocks)
+        self.block_manager = BlockManager(num_blocks, config.cache.block_size)
+        self.scheduler = Scheduler(config.scheduler, self.block_manager)
+        self.requests: dict[str, RequestState] = {}
+        self._rng = np.random.default_rng(config.seed)
+        eos = set(config.model.eos_token_ids)
+        if tokenizer is not None and tokenizer.eos_token_id is not None:
+            eos.add(tokenizer.eos_token_id)
+        self.eos_token_ids = tuple(sorted(eos))
+        self.runner.eos_token_ids = self.eos_token_ids
+        self.num_steps = 0
+        if config.compile_all_buckets:
+            seconds = self.runner.warmup(progress=progress)
+            logger.info("compiled %d token buckets and %d row buckets in %.1f s", len(self.runner.token_buckets),
+                        len(self.runner.row_buckets), seconds)
+
+    # -- requests ------------------------------------------------------------------------------------------------
+
+    def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None,
+                    arrival_time: float | None = None) -> None:
+        """Validate and queue a request. Raises ValueError for a bad prompt or one that cannot fit."""
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        params = params or SamplingParams()
+        text, ids = self._prompt_ids(prompt)
+        self._check_length(len(ids), params)
+        arrival = time.monotonic() if arrival_time is None else arrival_time
+        base_seed = params.seed if params.seed is not None else int(self._rng.integers(0, 2**63))
+        seqs = [Sequence(request_id, ids, params, i, base_seed, arrival) for i in range(params.n)]
+        self.requests[request_id] = RequestState(request_id, text, ids, params, seqs, self.tokenizer, arrival)
+        for seq in seqs:
+            self.scheduler.add(seq)
+
+    def _prompt_ids(self, prompt: Prompt) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                ids, text = list(prompt["prompt_token_ids"]), prompt.get("prompt")
+            elif "prompt" in prompt:
+                return self._prompt_ids(prompt["prompt"])
+            else:
+                raise ValueError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
+        elif isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this engine was started with skip_tokenizer_init=True: pass prompts as "
+                                 "{'prompt_token_ids': [...]}")
+            text, ids = prompt, self.tokenizer.encode(prompt)
+        elif isinstance(prompt, (list, tuple)):
+            text, ids = None, list(prompt)
+        else:
+            raise ValueError(f"a prompt must be a string, a list of token ids or a dict, got {type(prompt).__name__}")
+        if not ids:
+            raise ValueError("the prompt is empty: at least one token is needed")
+        vocab = self.config.model.vocab_size
+        bad = [t for t in ids if not isinstance(t, (int, np.integer)) or not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt token ids must be integers in [0, {vocab}); got {bad[:5]}")
+        return text, [int(t) for t in ids]
+
+    def _check_length(self, prompt_len: int, params: SamplingParams) -> None:
+        max_len = self.config.scheduler.max_model_len
+        if prompt_len >= max_len:
+            raise ValueError(f"the prompt has {prompt_len} tokens but max_model_len is {max_len}: it must be "
+                             f"shorter than max_model_len to leave room for at least one generated token")
+        if params.max_tokens is not None and prompt_len + params.max_tokens > max_len:
+            total = prompt_len + params.max_tokens
+            raise ValueError(f"this model's maximum context length is {max_len} tokens, but {total} were "
+                             f"requested ({prompt_len} in the prompt, {params.max_tokens} in the completion)")
+        needed = -(-(prompt_len + (params.max_tokens or max_len - prompt_len)) // self.config.cache.block_size)
+        if needed > self.block_manager.num_usable_blocks:
+            raise ValueError(f"the request needs up to {needed} KV pages but the whole pool holds "
+                             f"{self.block_manager.num_usable_blocks}: raise kv_cache_memory or lower max_tokens")
+
+    def abort_request(self, request_id: str) -> None:
+        """Stop a request now and free its pages; unknown ids are ignored."""
+        state = self.requests.pop(request_id, None)
+        if state is None:
+            return
+        for seq in state.seqs:
+            if not seq.is_finished:
+                self.scheduler.finish(seq)
+                seq.finish_reason = "abort"
+
+    def has_unfinished_requests(self) -> bool:
+        """True while any request waits or runs."""
+        return bool(self.requests)
+
+    def get_tokenizer(self) -> Any:
+        """The tokenizer (None with skip_tokenizer_init)."""
+        return self.tokenizer
+
+    # -- the step ------------------------------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run one device step, and return outputs of the requests that advanced."""
+        batch = self.scheduler.schedule()
+        if batch is None:
+            return []
+        self.num_steps += 1
+        for seq in batch.seqs:
+            self.requests[seq.request_id].mark_scheduled()
+        variant = self._sampler_variant(batch)
+        want_prompt = batch.is_prefill and any(
+            seq.params.prompt_logprobs is not None and seq.sample_index == 0 for seq in batch.seqs)
+        result = self.runner.execute(batch, variant, want_prompt)
+        return self._process(batch, result)
+
+    @staticmethod
+    def _sampler_variant(batch: ScheduledBatch) -> str:
+        params = [seq.params for seq in batch.seqs]
+        if any(p.needs_full_sampler for p in params):
+            return "full"
+        return "greedy" if all(p.greedy for p in params) else "sample"
+
+    def _process(self, batch: ScheduledBatch, result: dict[str, Any]) -> list[RequestOutput]:
+        now = time.monotonic()
+        touched: dict[str, RequestState] = {}
+        start = 0
+        for row, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
+            state = self.requests[seq.request_id]
+            touched[seq.request_id] = state
+            if "prompt" in result and seq.sample_index == 0:
+                self._record_prompt_logprobs(state, seq, n, start, result["prompt"])
+            start += n
+            seq.num_computed_tokens += n
+            if not result["sampled"][row]:
+                continue
+            token = int(result["tokens"][row])
+            seq.token_ids.append(token)
+            self._record_logprobs(seq, row, token, result)
+            if state.metrics.first_token_time is None:
+                state.metrics.first_token_time = now
+            self._check_stop(seq, state, token)
+        outputs = []
+        for request_id, state in touched.items():
+            outputs.append(state.to_output())
+            if state.finished:
+                state.metrics.finished_time = now
+                outputs[-1].metrics = state.metrics
+                del self.requests[request_id]
+        return outputs
+
+    def _record_logprobs(self, seq: Sequence, row: int, token: int, result: dict[str, Any]) -> None:
+        if seq.params.logprobs is None:
+            return
+        lp = float(result["logprob"][row])
+        entry = {token: lp}
+        for tid, tlp in zip(result["top_ids"][row][:seq.params.logprobs],
+                            result["top_logprobs"][row][:seq.params.logprobs]):
+            entry.setdefault(int(tid), float(tlp))
+        seq.output_logprobs.append(entry)
+        seq.cumulative_logprob += lp
+
+    @staticmethod
+    def _record_prompt_logprobs(state: RequestState, seq: Sequence, n: int, start: int,
+                                prompt: dict[str, np.ndarray]) -> None:
+        plp = state.prompt_logprobs
+        k = seq.params.prompt_logprobs
+        for i in range(n):
+            pos = seq.num_computed_tokens + i  # this token's logits predict token pos + 1
+            if pos + 1 >= seq.num_prompt_tokens or pos + 1 < len(plp):
+                continue  # past the prompt, or already recorded before a preemption
+            entry = {seq.token_ids[pos + 1]: float(prompt["target"][start + i])}
+            for tid, tlp in zip(prompt["top_ids"][start + i][:k], prompt["top_logprobs"][start + i][:k]):
+                entry.setdefault(int(tid), float(tlp))
+            plp.append(entry)
+
+    def _check_stop(self, seq: Sequence, state: RequestState, token: int) -> None:
+        p = seq.params
+        text = state.texts[seq.sample_index]
+        past_min = seq.num_output_tokens >= p.min_tokens
+        stop_str = text.add(token, check_stops=past_min)
+        reason: tuple[str, int | str | None] | None = None
+        if past_min and not p.ignore_eos and token in self.eos_token_ids:
+            reason = ("stop", None)
+        elif past_min and token in p.stop_token_ids:
+            reason = ("stop", token)
+        elif stop_str is not None:
+            reason = ("stop", stop_str)
+        elif p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens:
+            reason = ("length", None)
+        elif seq.num_tokens >= self.config.scheduler.max_model_len:
+            reason = ("length", None)
+        if reason is not None:
+            seq.finish_reason, seq.stop_reason = reason
+            self.scheduler.finish(seq)
+
+    # -- introspection -------------------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Queue lengths, KV usage and counters (for logs and metrics)."""
+        return {
+            "num_running": len(self.scheduler.running),
+            "num_waiting": len(self.scheduler.waiting),
+            "kv_cache_usage": self.block_manager.usage,
+            "num_free_blocks": self.block_manager.num_free_blocks,
+            "num_preemptions": self.scheduler.num_preemptions,
+            "num_compiles_after_warmup": self.runner.num_compiles_after_warmup,
+            "num_steps": self.num_steps,
+        }

@@ -1,0 +1,162 @@
+"""ModelRunner: the one bridge between host scheduling state and the device.
+
+Per step it sends one batch of padded int32/float32 arrays to the device, runs the jitted model step (K/V pages
+donated and updated in place) and the jitted sampler, and brings the new tokens back in one transfer. Every shape
+bucket is compiled at start-up; a compilation after warm-up is counted and logged as a warning.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxserve.attention.dispatch import get_attention_fn
+from jaxserve.attention.metadata import AttentionMetadata
+from jaxserve.attention.xla import context_chunk_blocks
+from jaxserve.config import EngineConfig
+from jaxserve.engine.buckets import pick_bucket, power_of_two_buckets
+from jaxserve.engine.sampler import VARIANTS, SamplingTensors, sample
+from jaxserve.engine.scheduler import ScheduledBatch
+from jaxserve.engine.step_inputs import StepInputs, build_step_inputs
+from jaxserve.kv_cache import KVCache, allocate_kv_cache
+from jaxserve.model.llama import compute_logits, forward
+from jaxserve.sampling_params import MAX_LOGPROBS
+
+logger = logging.getLogger(__name__)
+
+
+class ModelRunner:
+    """Owns the device state (parameters, KV pages) and the compiled steps."""
+
+    def __init__(self, config: EngineConfig, params: dict[str, Any], num_blocks: int) -> None:
+        self.config = config
+        self.model_config = config.model
+        self.block_size = config.cache.block_size
+        self.params = params
+        self.num_blocks = num_blocks
+        self.cache: KVCache = allocate_kv_cache(config.model, num_blocks, self.block_size, config.kv_dtype)
+        sched = config.scheduler
+        chunk = context_chunk_blocks(self.block_size)
+        self.table_width = -(-config.max_blocks_per_seq // chunk) * chunk
+        self.token_buckets = power_of_two_buckets(config.min_bucket, sched.max_num_batched_tokens)
+        self.row_buckets = power_of_two_buckets(config.min_bucket, sched.max_num_seqs)
+        self.eos_token_ids: tuple[int, ...] = config.model.eos_token_ids
+        self._seen_shapes: set[tuple] = set()
+        self.warmed_up = False
+        self.num_compiles_after_warmup = 0
+
+        attention_fn = get_attention_fn("auto")
+        self._model_step = jax.jit(
+            functools.partial(forward, config=config.model, attention_fn=attention_fn), donate_argnames=("cache",))
+        self._sample_step = jax.jit(_logits_and_sample, static_argnames=("variant",))
+        self._prompt_logprobs_step = jax.jit(_prompt_logprobs)
+
+    # -- compilation bookkeeping ---------------------------------------------------------------------------------
+
+    def _note_shape(self, key: tuple) -> None:
+        if key in self._seen_shapes:
+            return
+        self._seen_shapes.add(key)
+        if self.warmed_up:
+            self.num_compiles_after_warmup += 1
+            logger.warning("compiling %s after warm-up (compilation #%d after warm-up): a missing bucket",
+                           key, self.num_compiles_after_warmup)
+
+    def warmup(self, progress: bool = True) -> float:
+        """Compile every token bucket of the model step and every row bucket of the sampler; returns seconds."""
+        start = time.perf_counter()
+        jobs = [("model", t) for t in self.token_buckets]
+        jobs += [("sample", r, v) for r in self.row_buckets for v in VARIANTS]
+        jobs += [("prompt_logprobs", t) for t in self.token_buckets]
+        hidden = {t: jnp.zeros((t, self.model_config.hidden_size), self._dtype) for t in self.token_buckets}
+        for job in tqdm(jobs, desc="compiling buckets", disable=not progress):
+            if job[0] == "model":
+                self._run_model(self._dummy_inputs(job[1], self.row_buckets[0], "greedy"))
+            elif job[0] == "sample":
+                inputs = self._dummy_inputs(self.token_buckets[0], job[1], job[2])
+                self._run_sampler(hidden[self.token_buckets[0]], inputs, job[2])
+            else:
+                self._run_prompt_logprobs(hidden[job[1]], np.zeros(job[1], np.int32))
+        jax.block_until_ready(self.cache)
+        self.warmed_up = True
+        return time.perf_counter() - start
+
+    @property
+    def _dtype(self) -> Any:
+        return self.params["embed"].dtype
+
+    def _dummy_inputs(self, num_tokens: int, num_rows: int, variant: str) -> StepInputs:
+        empty = ScheduledBatch([], [], is_prefill=False)
+        return build_step_inputs(
+            empty, num_token_slots=num_tokens, num_rows=num_rows, max_num_seqs=self.config.scheduler.max_num_seqs,
+            table_width=self.table_width, block_size=self.block_size, full_sampler=variant == "full",
+            max_model_len=self.config.scheduler.max_model_len, eos_token_ids=self.eos_token_ids)
+
+    # -- execution -----------------------------------------------------------------------------------------------
+
+    def execute(self, batch: ScheduledBatch, variant: str, want_prompt_logprobs: bool = False) -> dict[str, Any]:
+        """Run one step; returns numpy `tokens`, `logprob` (and top logprobs / prompt logprobs when asked)."""
+        num_slots = pick_bucket(self.token_buckets, batch.num_tokens)
+        num_rows = pick_bucket(self.row_buckets, len(batch.seqs))
+        inputs = build_step_inputs(
+            batch, num_token_slots=num_slots, num_rows=num_rows, max_num_seqs=self.config.scheduler.max_num_seqs,
+            table_width=self.table_width, block_size=self.block_size, full_sampler=variant == "full",
+            max_model_len=self.config.scheduler.max_model_len, eos_token_ids=self.eos_token_ids)
+        hidden = self._run_model(inputs)
+        outputs = self._run_sampler(hidden, inputs, variant)
+        if want_prompt_logprobs:
+            outputs["prompt"] = self._run_prompt_logprobs(hidden, _next_tokens(batch, num_slots))
+        result = jax.device_get(outputs)
+        result["sampled"] = inputs.sampled
+        return result
+
+    def _run_model(self, inputs: StepInputs) -> jax.Array:
+        self._note_shape(("model", len(inputs.tokens)))
+        tokens, positions, meta = jax.device_put((
+            inputs.tokens, inputs.positions,
+            AttentionMetadata(inputs.slot_mapping, inputs.block_tables, inputs.seq_lens, inputs.query_start_loc)))
+        hidden, self.cache = self._model_step(self.params, tokens=tokens, positions=positions, cache=self.cache,
+                                              meta=meta)
+        return hidden
+
+    def _run_sampler(self, hidden: jax.Array, inputs: StepInputs, variant: str) -> dict[str, jax.Array]:
+        self._note_shape(("sample", len(inputs.logits_indices), variant))
+        tensors = SamplingTensors(**inputs.sampling)
+        indices, tensors = jax.device_put((inputs.logits_indices, tensors))
+        return self._sample_step(self.params, hidden, indices, tensors, variant=variant)
+
+    def _run_prompt_logprobs(self, hidden: jax.Array, targets: np.ndarray) -> dict[str, jax.Array]:
+        self._note_shape(("prompt_logprobs", len(targets)))
+        return self._prompt_logprobs_step(self.params, hidden, jax.device_put(targets))
+
+
+def _next_tokens(batch: ScheduledBatch, num_slots: int) -> np.ndarray:
+    """For each packed prompt token, the prompt token that follows it (-1 where none does)."""
+    targets = np.full(num_slots, -1, np.int32)
+    start = 0
+    for seq, n in zip(batch.seqs, batch.num_new_tokens):
+        first = seq.num_computed_tokens
+        nxt = np.asarray(seq.token_ids[first + 1:min(first + n + 1, seq.num_prompt_tokens)], np.int32)
+        targets[start:start + len(nxt)] = nxt
+        start += n
+    return targets
+
+
+def _logits_and_sample(params: dict[str, Any], hidden: jax.Array, logits_indices: jax.Array,
+                       tensors: SamplingTensors, variant: str) -> dict[str, jax.Array]:
+    logits = compute_logits(params, hidden[logits_indices])
+    return sample(logits, tensors, variant)
+
+
+def _prompt_logprobs(params: dict[str, Any], hidden: jax.Array, targets: jax.Array) -> dict[str, jax.Array]:
+    logprobs = jax.nn.log_softmax(compute_logits(params, hidden), axis=-1)
+    top_logprobs, top_ids = jax.lax.top_k(logprobs, MAX_LOGPROBS)
+    target = jnp.take_along_axis(logprobs, jnp.maximum(targets, 0)[:, None], axis=-1)[:, 0]
+    return {"target": target, "top_logprobs": top_logprobs, "top_ids": top_ids}

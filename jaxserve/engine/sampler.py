@@ -1,0 +1,121 @@
+"""The sampler: next tokens (and their logprobs) from logits, on device, one row per sequence.
+
+Three compiled variants, chosen per step on the host:
+  "greedy"  argmax only;
+  "sample"  temperature and Gumbel-max sampling (rows with temperature 0 stay greedy);
+  "full"    also repetition / presence / frequency penalties, top-k, top-p, min-p, min_tokens and top logprobs.
+Randomness comes from a key per row derived from (request seed, sample index, output position), so a seeded
+request draws the same tokens whatever else shares its batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jaxserve.sampling_params import MAX_LOGPROBS
+
+VARIANTS = ("greedy", "sample", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingTensors:
+    """Per-row sampling inputs `[rows]` (penalty inputs `[rows, max_model_len]` and `[rows, E]` in "full")."""
+
+    temperature: jax.Array
+    top_p: jax.Array
+    top_k: jax.Array  # 0 = off
+    min_p: jax.Array
+    presence_penalty: jax.Array
+    frequency_penalty: jax.Array
+    repetition_penalty: jax.Array
+    seed: jax.Array  # uint32 [rows, 3]: seed low bits, high bits, sample index
+    step: jax.Array  # output position of the token being drawn
+    token_ids: jax.Array  # prompt + output tokens, -1 padded (full only, else [rows, 0])
+    num_prompt_tokens: jax.Array
+    banned_ids: jax.Array  # ids masked out (EOS while below min_tokens), -1 padded (full only, else [rows, 0])
+
+
+jax.tree_util.register_dataclass(SamplingTensors, data_fields=[f.name for f in dataclasses.fields(SamplingTensors)],
+                                 meta_fields=[])
+
+
+def sample(logits: jax.Array, t: SamplingTensors, variant: str) -> dict[str, jax.Array]:
+    """Draw one token per row of float32 `logits [rows, vocab]`.
+
+    Returns `tokens [rows]`, `logprob [rows]` (of the drawn token under the raw model distribution) and, in the
+    "full" variant, `top_ids` / `top_logprobs [rows, MAX_LOGPROBS]`.
+    """
+    raw_logprobs = jax.nn.log_softmax(logits, axis=-1)
+    if variant == "full":
+        logits = _apply_penalties(logits, t)
+        logits = jnp.where(_banned_mask(logits.shape, t.banned_ids), -jnp.inf, logits)
+    if variant == "greedy":
+        tokens = jnp.argmax(logits, axis=-1)
+    else:
+        temperature = jnp.where(t.temperature > 0, t.temperature, 1.0)[:, None]
+        scaled = logits / temperature
+        if variant == "full":
+            scaled = _apply_filters(scaled, t)
+        noise = jax.vmap(_gumbel, in_axes=(0, 0, None))(t.seed, t.step, logits.shape[-1])
+        sampled = jnp.argmax(scaled + noise, axis=-1)
+        tokens = jnp.where(t.temperature > 0, sampled, jnp.argmax(logits, axis=-1))
+    out = {"tokens": tokens.astype(jnp.int32),
+           "logprob": jnp.take_along_axis(raw_logprobs, tokens[:, None], axis=-1)[:, 0]}
+    if variant == "full":
+        out["top_logprobs"], out["top_ids"] = jax.lax.top_k(raw_logprobs, MAX_LOGPROBS)
+    return out
+
+
+def _gumbel(seed: jax.Array, step: jax.Array, vocab: int) -> jax.Array:
+    # seed = (low 32 bits, high 32 bits, sample index); the output position makes each draw fresh.
+    key = jax.random.PRNGKey(seed[0])
+    for part in (seed[1], seed[2], step):
+        key = jax.random.fold_in(key, part)
+    return jax.random.gumbel(key, (vocab,), jnp.float32)
+
+
+def _token_counts(t: SamplingTensors, vocab: int) -> tuple[jax.Array, jax.Array]:
+    """Per-row counts of each token in the output, and a seen-anywhere mask (prompt or output)."""
+    rows, length = t.token_ids.shape
+    valid = t.token_ids >= 0
+    ids = jnp.where(valid, t.token_ids, 0)
+    is_output = valid & (jnp.arange(length)[None, :] >= t.num_prompt_tokens[:, None])
+    row = jnp.broadcast_to(jnp.arange(rows)[:, None], ids.shape)
+    output_counts = jnp.zeros((rows, vocab), jnp.int32).at[row, ids].add(is_output.astype(jnp.int32))
+    seen = jnp.zeros((rows, vocab), jnp.bool_).at[row, ids].max(valid)
+    return output_counts, seen
+
+
+def _apply_penalties(logits: jax.Array, t: SamplingTensors) -> jax.Array:
+    counts, seen = _token_counts(t, logits.shape[-1])
+    rep = t.repetition_penalty[:, None]
+    logits = jnp.where(seen, jnp.where(logits > 0, logits / rep, logits * rep), logits)
+    logits = logits - t.frequency_penalty[:, None] * counts
+    return logits - t.presence_penalty[:, None] * (counts > 0)
+
+
+def _banned_mask(shape: tuple[int, int], banned_ids: jax.Array) -> jax.Array:
+    rows = jnp.broadcast_to(jnp.arange(shape[0])[:, None], banned_ids.shape)
+    ids = jnp.where(banned_ids >= 0, banned_ids, 0)
+    return jnp.zeros(shape, jnp.bool_).at[rows, ids].max(banned_ids >= 0)
+
+
+def _apply_filters(logits: jax.Array, t: SamplingTensors) -> jax.Array:
+    """top-k, then top-p, then min-p, as thresholds on the sorted row (ties at the threshold are kept)."""
+    vocab = logits.shape[-1]
+    sorted_desc = -jnp.sort(-logits, axis=-1)
+    k = jnp.where(t.top_k > 0, jnp.minimum(t.top_k, vocab), vocab)
+    ranks = jnp.arange(vocab)[None, :]
+    in_top_k = ranks < k[:, None]
+    sorted_desc = jnp.where(in_top_k, sorted_desc, -jnp.inf)
+    probs = jax.nn.softmax(sorted_desc, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    # Each condition holds on a prefix of the sorted row, so the kept set is a prefix too.
+    keep = in_top_k & (mass_before < t.top_p[:, None]) & (probs >= t.min_p[:, None] * probs[:, :1])
+    keep = keep.at[:, 0].set(True)
+    last_kept = jnp.sum(keep, axis=-1) - 1
+    threshold = jnp.take_along_axis(sorted_desc, last_kept[:, None], axis=-1)
+    return jnp.where(logits >= threshold, logits, -jnp.inf)

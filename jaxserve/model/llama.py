@@ -1,0 +1,89 @@
+"""The Llama family (Llama 1/2/3, Mistral, Qwen2, SmolLM) as pure functions over a parameter pytree.
+
+The parameter layout is documented in docs/interfaces.md: per-layer weights stacked on a leading axis, run with
+`jax.lax.scan` so compile time does not grow with depth. The KV cache travels through the scan carry, so each
+layer's scatter updates the donated page arrays in place.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxserve.attention.metadata import AttentionMetadata
+from jaxserve.attention.xla import paged_attention
+from jaxserve.config import ModelConfig
+from jaxserve.kv_cache import KVCache, write_kv
+from jaxserve.model.layers import apply_rope, gated_mlp, linear, rms_norm, rope_inv_freq
+
+Params = dict[str, Any]
+
+
+def forward(
+    params: Params,
+    config: ModelConfig,
+    tokens: jax.Array,
+    positions: jax.Array,
+    cache: KVCache,
+    meta: AttentionMetadata,
+    attention_fn: Callable = paged_attention,
+) -> tuple[jax.Array, KVCache]:
+    """Run the decoder over packed tokens `[T]` at `positions` `[T]`.
+
+    Writes every token's K/V into its slot and returns the final-normed hidden states `[T, hidden]` and the
+    updated cache. Logits are a separate step (`compute_logits`) so only the rows that are sampled pay for the
+    LM head.
+    """
+    inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
+    attend = functools.partial(attention_fn, meta=meta, positions=positions,
+                               scale=config.head_dim ** -0.5, sliding_window=config.sliding_window)
+    num_tokens = tokens.shape[0]
+
+    def layer(carry, inputs):
+        x, cache = carry
+        lp, index = inputs
+        h = rms_norm(x, lp["attn_norm"], config.rms_norm_eps)
+        q = linear(h, lp["wq"], lp.get("bq")).reshape(num_tokens, config.num_heads, config.head_dim)
+        k = linear(h, lp["wk"], lp.get("bk")).reshape(num_tokens, config.num_kv_heads, config.head_dim)
+        v = linear(h, lp["wv"], lp.get("bv")).reshape(num_tokens, config.num_kv_heads, config.head_dim)
+        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        cache = write_kv(cache, index, k, v, meta.slot_mapping)
+        o = attend(q, k, v, cache, index)
+        x = x + linear(o.reshape(num_tokens, -1), lp["wo"])
+        h = rms_norm(x, lp["mlp_norm"], config.rms_norm_eps)
+        x = x + gated_mlp(h, lp["w_gate"], lp["w_up"], lp["w_down"])
+        return (x, cache), None
+
+    x = params["embed"][tokens]
+    layer_ids = jnp.arange(config.num_layers, dtype=jnp.int32)
+    (x, cache), _ = jax.lax.scan(layer, (x, cache), (params["layers"], layer_ids))
+    return rms_norm(x, params["final_norm"], config.rms_norm_eps), cache
+
+
+def compute_logits(params: Params, hidden: jax.Array) -> jax.Array:
+    """float32 logits `[rows, vocab]` from final hidden states (tied embeddings when there is no `lm_head`)."""
+    if "lm_head" in params:
+        return jnp.dot(hidden, params["lm_head"], preferred_element_type=jnp.float32)
+    return jnp.dot(hidden, params["embed"].T, preferred_element_type=jnp.float32)
+
+
+def init_params(config: ModelConfig, key: jax.Array, dtype: str = "float32", scale: float = 0.02) -> Params:
+    """Random parameters with the right shapes (for tests and benchmarks without a checkpoint)."""
+    h, i, n, q, kv = (config.hidden_size, config.intermediate_size, config.num_layers,
+                      config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim)
+    shapes = {"wq": (n, h, q), "wk": (n, h, kv), "wv": (n, h, kv), "wo": (n, q, h),
+              "w_gate": (n, h, i), "w_up": (n, h, i), "w_down": (n, i, h)}
+    if config.attention_bias:
+        shapes.update(bq=(n, q), bk=(n, kv), bv=(n, kv))
+    keys = iter(jax.random.split(key, len(shapes) + 2))
+    layers = {name: (jax.random.normal(next(keys), s) * scale).astype(dtype) for name, s in shapes.items()}
+    layers["attn_norm"] = jnp.ones((n, h), dtype)
+    layers["mlp_norm"] = jnp.ones((n, h), dtype)
+    params = {"embed": (jax.random.normal(next(keys), (config.vocab_size, h)) * scale).astype(dtype),
+              "layers": layers, "final_norm": jnp.ones((h,), dtype)}
+    if not config.tie_word_embeddings:
+        params["lm_head"] = (jax.random.normal(next(keys), (h, config.vocab_size)) * scale).astype(dtype)
+    return params

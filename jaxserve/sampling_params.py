@@ -1,0 +1,94 @@
+"""SamplingParams: how to pick tokens and when to stop, with vLLM's field names and defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+
+MAX_LOGPROBS = 20  # the most top-logprobs a request may ask for (per token, and per prompt position)
+
+
+@dataclasses.dataclass
+class SamplingParams:
+    """Per-request generation settings. Invalid values raise ValueError naming the field.
+
+    temperature 0 means greedy. top_k 0 or -1 disables top-k; top_p 1 and min_p 0 disable theirs. A `seed` makes
+    the request's samples reproducible whatever else shares its batch. `max_tokens=None` generates up to the
+    model's context length.
+    """
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool = False
+    ignore_eos: bool = False
+    max_tokens: int | None = 16
+    min_tokens: int = 0
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    skip_special_tokens: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = list(self.stop or [])
+        self.stop_token_ids = list(self.stop_token_ids or [])
+        self._validate()
+
+    def _validate(self) -> None:
+        def fail(field: str, message: str) -> None:
+            raise ValueError(f"SamplingParams.{field} {message}, got {getattr(self, field)!r}")
+
+        if not isinstance(self.n, int) or self.n < 1:
+            fail("n", "must be an integer >= 1")
+        if self.temperature < 0:
+            fail("temperature", "must be >= 0")
+        if not 0 < self.top_p <= 1:
+            fail("top_p", "must be in (0, 1]")
+        if not isinstance(self.top_k, int) or self.top_k < -1:
+            fail("top_k", "must be -1, 0 (disabled) or a positive integer")
+        if not 0 <= self.min_p <= 1:
+            fail("min_p", "must be in [0, 1]")
+        if not -2 <= self.presence_penalty <= 2:
+            fail("presence_penalty", "must be in [-2, 2]")
+        if not -2 <= self.frequency_penalty <= 2:
+            fail("frequency_penalty", "must be in [-2, 2]")
+        if self.repetition_penalty <= 0:
+            fail("repetition_penalty", "must be > 0")
+        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
+            fail("max_tokens", "must be an integer >= 1 (or None)")
+        if not isinstance(self.min_tokens, int) or self.min_tokens < 0:
+            fail("min_tokens", "must be an integer >= 0")
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            fail("min_tokens", f"must be <= max_tokens ({self.max_tokens})")
+        for field in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, field)
+            if value is not None and (not isinstance(value, int) or not 0 <= value <= MAX_LOGPROBS):
+                fail(field, f"must be an integer in [0, {MAX_LOGPROBS}] or None")
+        if self.seed is not None and not isinstance(self.seed, int):
+            fail("seed", "must be an integer or None")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            fail("stop", "must be non-empty strings")
+        if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
+            fail("stop_token_ids", "must be non-negative integers")
+
+    @property
+    def greedy(self) -> bool:
+        """True when sampling is deterministic argmax."""
+        return self.temperature == 0.0
+
+    @property
+    def needs_full_sampler(self) -> bool:
+        """True when the request uses filters, penalties or top-logprobs (the sampler's slower variant)."""
+        return bool(
+            (self.top_k not in (0, -1)) or self.top_p < 1.0 or self.min_p > 0.0
+            or self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
+            or self.logprobs or self.min_tokens
+        )
