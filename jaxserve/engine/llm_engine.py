@@ -35,8 +35,8 @@ class LLMEngine:
         self.requests: dict[str, RequestState] = {}
         self._rng = np.random.default_rng(config.seed)
         eos = set(config.model.eos_token_ids)
-        if tokenizer is not None and tokenizer.eos_token_id is not None:
-            eos.add(tokenizer.eos_token_id)
+        if tokenizer is not None:
+            eos.update(tokenizer.eos_token_ids)  # EOS plus end-of-turn ids (e.g. Llama 3's <|eot_id|>)
         self.eos_token_ids = tuple(sorted(eos))
         self.runner.eos_token_ids = self.eos_token_ids
         self.num_steps = 0
@@ -212,6 +212,7 @@ class LLMEngine:
         elif seq.num_tokens >= self.config.scheduler.max_model_len:
             reason = ("length", None)
         if reason is not None:
+            text.flush()
             seq.finish_reason, seq.stop_reason = reason
             self.scheduler.finish(seq)
 

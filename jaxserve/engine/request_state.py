@@ -13,12 +13,14 @@ from jaxserve.sampling_params import SamplingParams
 class SampleText:
     """Incremental text of one sample, with stop-string detection and hold-back for streaming."""
 
-    def __init__(self, tokenizer: Any | None, params: SamplingParams) -> None:
+    def __init__(self, tokenizer: Any | None, params: SamplingParams, prompt_ids: list[int]) -> None:
         self.detokenizer = None
         if tokenizer is not None:
             from jaxserve.tokenizer import IncrementalDetokenizer
 
-            self.detokenizer = IncrementalDetokenizer(tokenizer, skip_special_tokens=params.skip_special_tokens)
+            # The prompt's tail gives the first output tokens their context (SentencePiece's leading space).
+            self.detokenizer = IncrementalDetokenizer(tokenizer, skip_special_tokens=params.skip_special_tokens,
+                                                      prompt_ids=prompt_ids)
         self.stops = params.stop
         self.include_stop = params.include_stop_str_in_output
         self.text = ""
@@ -29,8 +31,7 @@ class SampleText:
         if self.detokenizer is None:
             return None
         before = len(self.text)
-        self.detokenizer.add(token_id)
-        self.text = self.detokenizer.text
+        self.text += self.detokenizer.add(token_id)
         if not (check_stops and self.stops):
             return None
         longest = max(len(s) for s in self.stops)
@@ -41,6 +42,11 @@ class SampleText:
         idx, stop = min(hits)
         self.final = self.text[:idx + len(stop)] if self.include_stop else self.text[:idx]
         return stop
+
+    def flush(self) -> None:
+        """At the end of a sample, emit any bytes still held back (an incomplete final character)."""
+        if self.detokenizer is not None and self.final is None:
+            self.text += self.detokenizer.flush()
 
     def visible(self, finished: bool) -> str:
         """Text safe to show: while running, a tail that could still start a stop string is held back."""
@@ -62,7 +68,7 @@ class RequestState:
         self.prompt_token_ids = prompt_token_ids
         self.params = params
         self.seqs = seqs
-        self.texts = [SampleText(tokenizer, params) for _ in seqs]
+        self.texts = [SampleText(tokenizer, params, prompt_token_ids) for _ in seqs]
         self.prompt_logprobs: list[dict[int, float] | None] | None = (
             [None] if params.prompt_logprobs is not None else None)
         self.metrics = RequestMetrics(arrival_time=arrival_time)

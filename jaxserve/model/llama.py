@@ -67,7 +67,9 @@ def compute_logits(params: Params, hidden: jax.Array) -> jax.Array:
     """float32 logits `[rows, vocab]` from final hidden states (tied embeddings when there is no `lm_head`)."""
     if "lm_head" in params:
         return jnp.dot(hidden, params["lm_head"], preferred_element_type=jnp.float32)
-    return jnp.dot(hidden, params["embed"].T, preferred_element_type=jnp.float32)
+    # Contract with the embedding's hidden axis directly: `embed.T` would materialise a transposed copy.
+    return jax.lax.dot_general(hidden, params["embed"], (((1,), (1,)), ((), ())),
+                               preferred_element_type=jnp.float32)
 
 
 def init_params(config: ModelConfig, key: jax.Array, dtype: str = "float32", scale: float = 0.02) -> Params:
