@@ -60,7 +60,9 @@ def run_jaxserve(prompts, outputs, args) -> dict:
     assert generated == sum(outputs), "jaxserve generated a different number of tokens than requested"
     return {"engine": "jaxserve", "seconds": elapsed, "output_tokens": generated,
             "output_tokens_per_s": generated / elapsed, "startup_s": startup,
-            "compiles_after_warmup": llm.engine.stats()["num_compiles_after_warmup"]}
+            "compiles_after_warmup": llm.engine.stats()["num_compiles_after_warmup"],
+            "step_time_s": llm.engine.stats()["step_time_s"], "step_tokens": llm.engine.stats()["step_tokens"],
+            "step_count": llm.engine.stats()["step_count"]}
 
 
 def run_transformers(prompts, outputs, args) -> dict:
@@ -112,6 +114,10 @@ def main() -> int:
     print(f"{'engine':58s} {'seconds':>8s} {'out tok/s':>10s}")
     for row in rows:
         print(f"{row['engine']:58s} {row['seconds']:8.1f} {row['output_tokens_per_s']:10.1f}")
+        if "step_time_s" in row:
+            for kind in ("prefill", "decode"):
+                n, t, tok = row["step_count"][kind], row["step_time_s"][kind], row["step_tokens"][kind]
+                print(f"    {kind:8s} {n:5d} steps {t:8.1f} s {tok:7d} tokens  {tok / max(t, 1e-9):8.1f} tok/s")
     if len(rows) == 2:
         ratio = rows[0]["output_tokens_per_s"] / rows[1]["output_tokens_per_s"]
         print(f"jaxserve / transformers: {ratio:.2f}x")

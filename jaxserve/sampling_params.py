@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 MAX_LOGPROBS = 20  # the most top-logprobs a request may ask for (per token, and per prompt position)
 
@@ -46,6 +47,11 @@ class SamplingParams:
         def fail(field: str, message: str) -> None:
             raise ValueError(f"SamplingParams.{field} {message}, got {getattr(self, field)!r}")
 
+        for field in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
+                      "repetition_penalty"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                fail(field, "must be a finite number")
         if not isinstance(self.n, int) or self.n < 1:
             fail("n", "must be an integer >= 1")
         if self.temperature < 0:
@@ -90,5 +96,5 @@ class SamplingParams:
         return bool(
             (self.top_k not in (0, -1)) or self.top_p < 1.0 or self.min_p > 0.0
             or self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
-            or self.logprobs or self.min_tokens
+            or self.logprobs is not None or self.min_tokens > 0
         )

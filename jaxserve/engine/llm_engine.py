@@ -40,6 +40,10 @@ class LLMEngine:
         self.eos_token_ids = tuple(sorted(eos))
         self.runner.eos_token_ids = self.eos_token_ids
         self.num_steps = 0
+        # Device time (dispatch to results on host) and tokens, per kind of step: for logs and benchmarks.
+        self.step_time = {"prefill": 0.0, "decode": 0.0}
+        self.step_tokens = {"prefill": 0, "decode": 0}
+        self.step_count = {"prefill": 0, "decode": 0}
         if config.compile_all_buckets:
             seconds = self.runner.warmup(progress=progress)
             logger.info("compiled %d token buckets and %d row buckets in %.1f s", len(self.runner.token_buckets),
@@ -132,7 +136,12 @@ class LLMEngine:
         variant = self._sampler_variant(batch)
         want_prompt = batch.is_prefill and any(
             seq.params.prompt_logprobs is not None and seq.sample_index == 0 for seq in batch.seqs)
+        start = time.perf_counter()
         result = self.runner.execute(batch, variant, want_prompt)
+        kind = "prefill" if batch.is_prefill else "decode"
+        self.step_time[kind] += time.perf_counter() - start
+        self.step_tokens[kind] += batch.num_tokens
+        self.step_count[kind] += 1
         return self._process(batch, result)
 
     @staticmethod
@@ -149,7 +158,7 @@ class LLMEngine:
         for row, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
             state = self.requests[seq.request_id]
             touched[seq.request_id] = state
-            if "prompt" in result and seq.sample_index == 0:
+            if "prompt" in result and seq.sample_index == 0 and state.prompt_logprobs is not None:
                 self._record_prompt_logprobs(state, seq, n, start, result["prompt"])
             start += n
             seq.num_computed_tokens += n
@@ -228,4 +237,7 @@ class LLMEngine:
             "num_preemptions": self.scheduler.num_preemptions,
             "num_compiles_after_warmup": self.runner.num_compiles_after_warmup,
             "num_steps": self.num_steps,
+            "step_time_s": dict(self.step_time),
+            "step_tokens": dict(self.step_tokens),
+            "step_count": dict(self.step_count),
         }

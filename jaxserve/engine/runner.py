@@ -55,6 +55,7 @@ class ModelRunner:
         attention_fn = get_attention_fn("auto")
         self._model_step = jax.jit(
             functools.partial(forward, config=config.model, attention_fn=attention_fn), donate_argnames=("cache",))
+        self._select_rows = jax.jit(lambda hidden, indices: hidden[indices])
         self._sample_step = jax.jit(_logits_and_sample, static_argnames=("variant",))
         self._prompt_logprobs_step = jax.jit(_prompt_logprobs)
 
@@ -70,32 +71,26 @@ class ModelRunner:
                            key, self.num_compiles_after_warmup)
 
     def warmup(self, progress: bool = True) -> float:
-        """Compile every token bucket of the model step and every row bucket of the sampler; returns seconds."""
+        """Compile every bucket of every jitted step (model, row selection, sampler, prompt logprobs)."""
         start = time.perf_counter()
-        jobs = [("model", t) for t in self.token_buckets]
-        jobs += [("sample", r, v) for r in self.row_buckets for v in VARIANTS]
-        jobs += [("prompt_logprobs", t) for t in self.token_buckets]
-        hidden = {t: jnp.zeros((t, self.model_config.hidden_size), self._dtype) for t in self.token_buckets}
-        for job in tqdm(jobs, desc="compiling buckets", disable=not progress):
-            if job[0] == "model":
-                self._run_model(self._dummy_inputs(job[1], self.row_buckets[0], "greedy"))
-            elif job[0] == "sample":
-                inputs = self._dummy_inputs(self.token_buckets[0], job[1], job[2])
-                self._run_sampler(hidden[self.token_buckets[0]], inputs, job[2])
-            else:
-                self._run_prompt_logprobs(hidden[job[1]], np.zeros(job[1], np.int32))
-        jax.block_until_ready(self.cache)
+        smallest_rows = self.row_buckets[0]
+        jobs = [(t, smallest_rows, "greedy", False) for t in self.token_buckets]
+        jobs += [(pick_bucket(self.token_buckets, r), r, v, False) for r in self.row_buckets for v in VARIANTS
+                 if v != "greedy"]
+        jobs += [(t, r, "greedy", False) for t in self.token_buckets for r in self.row_buckets
+                 if smallest_rows < r <= t]
+        jobs += [(t, smallest_rows, "greedy", True) for t in self.token_buckets]
+        for num_tokens, num_rows, variant, prompt_logprobs in tqdm(jobs, desc="compiling buckets",
+                                                                   disable=not progress):
+            inputs = self._inputs(ScheduledBatch([], [], is_prefill=False), num_tokens, num_rows, variant)
+            inputs.prompt_targets = np.zeros(num_tokens, np.int32)
+            jax.device_get(self._launch(inputs, variant, prompt_logprobs))
         self.warmed_up = True
         return time.perf_counter() - start
 
-    @property
-    def _dtype(self) -> Any:
-        return self.params["embed"].dtype
-
-    def _dummy_inputs(self, num_tokens: int, num_rows: int, variant: str) -> StepInputs:
-        empty = ScheduledBatch([], [], is_prefill=False)
+    def _inputs(self, batch: ScheduledBatch, num_tokens: int, num_rows: int, variant: str) -> StepInputs:
         return build_step_inputs(
-            empty, num_token_slots=num_tokens, num_rows=num_rows, max_num_seqs=self.config.scheduler.max_num_seqs,
+            batch, num_token_slots=num_tokens, num_rows=num_rows, max_num_seqs=self.config.scheduler.max_num_seqs,
             table_width=self.table_width, block_size=self.block_size, full_sampler=variant == "full",
             max_model_len=self.config.scheduler.max_model_len, eos_token_ids=self.eos_token_ids)
 
@@ -103,38 +98,32 @@ class ModelRunner:
 
     def execute(self, batch: ScheduledBatch, variant: str, want_prompt_logprobs: bool = False) -> dict[str, Any]:
         """Run one step; returns numpy `tokens`, `logprob` (and top logprobs / prompt logprobs when asked)."""
-        num_slots = pick_bucket(self.token_buckets, batch.num_tokens)
-        num_rows = pick_bucket(self.row_buckets, len(batch.seqs))
-        inputs = build_step_inputs(
-            batch, num_token_slots=num_slots, num_rows=num_rows, max_num_seqs=self.config.scheduler.max_num_seqs,
-            table_width=self.table_width, block_size=self.block_size, full_sampler=variant == "full",
-            max_model_len=self.config.scheduler.max_model_len, eos_token_ids=self.eos_token_ids)
-        hidden = self._run_model(inputs)
-        outputs = self._run_sampler(hidden, inputs, variant)
+        num_tokens = pick_bucket(self.token_buckets, batch.num_tokens)
+        inputs = self._inputs(batch, num_tokens, pick_bucket(self.row_buckets, len(batch.seqs)), variant)
         if want_prompt_logprobs:
-            outputs["prompt"] = self._run_prompt_logprobs(hidden, _next_tokens(batch, num_slots))
-        result = jax.device_get(outputs)
+            inputs.prompt_targets = _next_tokens(batch, num_tokens)
+        result = jax.device_get(self._launch(inputs, variant, want_prompt_logprobs))
         result["sampled"] = inputs.sampled
         return result
 
-    def _run_model(self, inputs: StepInputs) -> jax.Array:
-        self._note_shape(("model", len(inputs.tokens)))
-        tokens, positions, meta = jax.device_put((
-            inputs.tokens, inputs.positions,
-            AttentionMetadata(inputs.slot_mapping, inputs.block_tables, inputs.seq_lens, inputs.query_start_loc)))
+    def _launch(self, inputs: StepInputs, variant: str, want_prompt_logprobs: bool) -> dict[str, jax.Array]:
+        """Dispatch one step: one host->device transfer, then the jitted calls (asynchronous)."""
+        num_tokens, num_rows = len(inputs.tokens), len(inputs.logits_indices)
+        for key in (("model", num_tokens), ("select", num_tokens, num_rows), ("sample", num_rows, variant)):
+            self._note_shape(key)
+        meta = AttentionMetadata(inputs.slot_mapping, inputs.block_tables, inputs.seq_lens, inputs.query_start_loc)
+        targets = inputs.prompt_targets if want_prompt_logprobs else None
+        tokens, positions, meta, indices, tensors, targets = jax.device_put((
+            inputs.tokens, inputs.positions, meta, inputs.logits_indices, SamplingTensors(**inputs.sampling),
+            targets))
         hidden, self.cache = self._model_step(self.params, tokens=tokens, positions=positions, cache=self.cache,
                                               meta=meta)
-        return hidden
-
-    def _run_sampler(self, hidden: jax.Array, inputs: StepInputs, variant: str) -> dict[str, jax.Array]:
-        self._note_shape(("sample", len(inputs.logits_indices), variant))
-        tensors = SamplingTensors(**inputs.sampling)
-        indices, tensors = jax.device_put((inputs.logits_indices, tensors))
-        return self._sample_step(self.params, hidden, indices, tensors, variant=variant)
-
-    def _run_prompt_logprobs(self, hidden: jax.Array, targets: np.ndarray) -> dict[str, jax.Array]:
-        self._note_shape(("prompt_logprobs", len(targets)))
-        return self._prompt_logprobs_step(self.params, hidden, jax.device_put(targets))
+        # Select the sampling rows first, so the sampler compiles per row bucket only.
+        outputs = self._sample_step(self.params, self._select_rows(hidden, indices), tensors, variant=variant)
+        if want_prompt_logprobs:
+            self._note_shape(("prompt_logprobs", num_tokens))
+            outputs["prompt"] = self._prompt_logprobs_step(self.params, hidden, targets)
+        return outputs
 
 
 def _next_tokens(batch: ScheduledBatch, num_slots: int) -> np.ndarray:
@@ -149,10 +138,9 @@ def _next_tokens(batch: ScheduledBatch, num_slots: int) -> np.ndarray:
     return targets
 
 
-def _logits_and_sample(params: dict[str, Any], hidden: jax.Array, logits_indices: jax.Array,
-                       tensors: SamplingTensors, variant: str) -> dict[str, jax.Array]:
-    logits = compute_logits(params, hidden[logits_indices])
-    return sample(logits, tensors, variant)
+def _logits_and_sample(params: dict[str, Any], rows: jax.Array, tensors: SamplingTensors,
+                       variant: str) -> dict[str, jax.Array]:
+    return sample(compute_logits(params, rows), tensors, variant)
 
 
 def _prompt_logprobs(params: dict[str, Any], hidden: jax.Array, targets: jax.Array) -> dict[str, jax.Array]:

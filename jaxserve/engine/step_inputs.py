@@ -25,6 +25,7 @@ class StepInputs:
     logits_indices: np.ndarray
     sampling: dict[str, np.ndarray]
     sampled: list[bool]  # which batch rows draw a token this step (prompt fully computed)
+    prompt_targets: np.ndarray | None = None  # next prompt token per packed token, when prompt logprobs are asked
 
 
 def build_step_inputs(batch: ScheduledBatch, *, num_token_slots: int, num_rows: int, max_num_seqs: int,
