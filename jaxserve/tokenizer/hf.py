@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import tokenizers
 
@@ -42,24 +43,13 @@ class HFTokenizer(Tokenizer):
     def __init__(
         self,
         tokenizer: tokenizers.Tokenizer,
-        *,
-        bos_token_id: int | None,
-        eos_token_id: int | None,
-        add_bos_token: bool,
-        add_eos_token: bool = False,
-        chat_template: str | None = None,
-        extra_eos_token_ids: Iterable[int] = (),
+        **options: Any,
     ) -> None:
+        # options: bos_token_id, eos_token_id, add_bos_token, add_eos_token, chat_template, extra_eos_token_ids
+        # (see Tokenizer.__init__).
         self._tok = tokenizer
         self._special = frozenset(i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special)
-        super().__init__(
-            bos_token_id=bos_token_id,
-            eos_token_id=eos_token_id,
-            add_bos_token=add_bos_token,
-            add_eos_token=add_eos_token,
-            chat_template=chat_template,
-            extra_eos_token_ids=extra_eos_token_ids,
-        )
+        super().__init__(**options)
         self._skip = self.all_special_ids
 
     @property

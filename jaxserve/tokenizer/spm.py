@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import sentencepiece
 
@@ -42,14 +43,11 @@ class SPMTokenizer(Tokenizer):
     def __init__(
         self,
         processor: sentencepiece.SentencePieceProcessor,
-        *,
-        bos_token_id: int | None,
-        eos_token_id: int | None,
-        add_bos_token: bool = True,
-        add_eos_token: bool = False,
-        chat_template: str | None = None,
-        extra_eos_token_ids: Iterable[int] = (),
+        **options: Any,
     ) -> None:
+        # options: bos_token_id, eos_token_id, add_bos_token (default True here), add_eos_token, chat_template,
+        # extra_eos_token_ids (see Tokenizer.__init__).
+        options.setdefault("add_bos_token", True)
         self._sp = processor
         n = processor.get_piece_size()
         self._pieces = [processor.id_to_piece(i) for i in range(n)]
@@ -69,14 +67,7 @@ class SPMTokenizer(Tokenizer):
         texts = sorted(self._special_by_text, key=len, reverse=True)
         self._special_re = re.compile("|".join(map(re.escape, texts))) if texts else None
         self._strips_dummy_prefix = self._probe_dummy_prefix()
-        super().__init__(
-            bos_token_id=bos_token_id,
-            eos_token_id=eos_token_id,
-            add_bos_token=add_bos_token,
-            add_eos_token=add_eos_token,
-            chat_template=chat_template,
-            extra_eos_token_ids=extra_eos_token_ids,
-        )
+        super().__init__(**options)
         self._skip = self.all_special_ids
 
     def _probe_dummy_prefix(self) -> bool:
