@@ -194,9 +194,6 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
-        if self.scheduler.max_model_len > self.model.max_position_embeddings and self.model.rope_scaling is None:
-            # Allowed (vLLM warns too) but worth a clear word in the log; see LLMEngine.
-            pass
 
     @property
     def max_blocks_per_seq(self) -> int:

@@ -14,7 +14,6 @@ Earlier pages are read one of two ways, chosen on device per step:
 
 from __future__ import annotations
 
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
