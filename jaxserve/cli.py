@@ -53,7 +53,12 @@ def _generate(ns: argparse.Namespace) -> int:
     for prompt, out in zip(prompts, outputs):
         record: dict[str, Any] = {"prompt": prompt, "text": out.outputs[0].text,
                                   "finish_reason": out.outputs[0].finish_reason}
-        print(json.dumps(record, ensure_ascii=False) if ns.json else f"{prompt}{out.outputs[0].text}")
+        if ns.json:
+            print(json.dumps(record, ensure_ascii=False))
+        elif ns.chat:
+            print(f"> {prompt}\n{out.outputs[0].text}\n")
+        else:
+            print(f"{prompt}{out.outputs[0].text}")
     return 0
 
 
