@@ -1,7 +1,6 @@
-"""`python serve.py`: the default model, ready to use.
+"""`python serve.py`: the OpenAI-compatible server on the default model, at http://127.0.0.1:8000.
 
-Until the HTTP server lands (issue 3) this runs a short generation demo on the default model, with the same
-engine flags as `jaxserve generate` (e.g. `python serve.py --dtype bfloat16 --prompt "Hello"`).
+Takes the same flags as `jaxserve serve` (e.g. `python serve.py --port 8080 --max-model-len 2048`).
 """
 
 import sys
@@ -9,7 +8,4 @@ import sys
 from jaxserve.cli import main
 
 if __name__ == "__main__":
-    argv = sys.argv[1:]
-    if not any(a == "--prompt" or a.startswith("--prompt=") for a in argv):
-        argv += ["--prompt", "What is the capital of France?", "--prompt", "Write a haiku about the sea."]
-    sys.exit(main(["generate", "--chat", *argv]))
+    sys.exit(main(["serve", *sys.argv[1:]]))

@@ -1,4 +1,4 @@
-"""The `jaxserve` command line: `generate` and `convert` (serve, plan and bench arrive with their issues)."""
+"""The `jaxserve` command line: `serve`, `generate` and `convert` (plan and bench arrive with their issues)."""
 
 from __future__ import annotations
 
@@ -62,6 +62,14 @@ def _generate(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(ns: argparse.Namespace) -> int:
+    from jaxserve.server.launch import serve
+
+    serve(engine_args_from(ns), host=ns.host, port=ns.port, api_key=ns.api_key,
+          served_model_name=ns.served_model_name, log_level=ns.log_level)
+    return 0
+
+
 def _convert(ns: argparse.Namespace) -> int:
     from jaxserve.checkpoint.convert import convert
 
@@ -75,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxserve", description="JAX LLM inference engine")
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    srv = sub.add_parser("serve", help="run the OpenAI-compatible HTTP server")
+    add_engine_args(srv)
+    from jaxserve.server.launch import add_server_args
+
+    add_server_args(srv)
+    srv.set_defaults(func=_serve)
 
     gen = sub.add_parser("generate", help="generate text for prompts")
     add_engine_args(gen)

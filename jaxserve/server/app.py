@@ -1,0 +1,221 @@
+"""The FastAPI app: OpenAI-compatible routes over an AsyncLLMEngine, plus /health, /metrics and tokenization."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+from jaxserve.engine.async_engine import AsyncLLMEngine
+from jaxserve.server import protocol as P
+from jaxserve.server.metrics import ServerMetrics
+from jaxserve.server.serving import (
+    APIError,
+    bad_params,
+    chat_logprobs,
+    collect,
+    completion_logprobs,
+    start_requests,
+    stream_events,
+    usage_of,
+)
+
+OPEN_PATHS = {"/health", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
+LOADING_BODY = {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
+
+
+class ApiKeyMiddleware:
+    """Pure ASGI (so request disconnects still reach handlers): 401 without `Authorization: Bearer <key>`."""
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            headers = dict(scope.get("headers") or [])
+            if headers.get(b"authorization") != self.expected:
+                body = P.error_body("Unauthorized: a valid `Authorization: Bearer <key>` is needed", 401,
+                                    "AuthenticationError")
+                await JSONResponse(body, status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _message_text(content: Any) -> Any:
+    """Chat content parts ([{"type": "text", "text": ...}]) flattened to a string."""
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return content
+
+
+def create_app(engine: AsyncLLMEngine, served_model_name: str, metrics: ServerMetrics | None = None,
+               api_key: str | None = None) -> FastAPI:
+    """Build the app; the caller starts the engine (the app's lifespan does not)."""
+    app = FastAPI(title="jaxserve", description="OpenAI-compatible LLM server")
+    metrics = metrics or ServerMetrics(served_model_name)
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(P.error_body(exc.message, exc.status, exc.err_type, exc.param), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        field = ".".join(loc) or None
+        message = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body')}: {e.get('msg')}"
+                            for e in errors)
+        return JSONResponse(P.error_body(message or "invalid request", 400, param=field), status_code=400)
+
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+
+    def check_ready() -> None:
+        if engine.load_error is not None:
+            raise APIError(500, f"the engine failed to load: {engine.load_error}", "InternalServerError")
+        if not engine.is_ready:
+            raise APIError(503, "Loading model", "unavailable_error")
+
+    def check_model(name: str | None) -> None:
+        if name is not None and name != served_model_name:
+            raise APIError(404, f"The model `{name}` does not exist.", "NotFoundError", "model")
+
+    def max_model_len() -> int | None:
+        return engine.engine.config.scheduler.max_model_len if engine.engine is not None else None
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if engine.load_error is not None:
+            return JSONResponse(P.error_body(f"engine failed to load: {engine.load_error}", 500,
+                                             "InternalServerError"), status_code=500)
+        if not engine.is_ready:
+            return JSONResponse(LOADING_BODY, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics")
+    async def get_metrics() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(engine.last_stats), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": served_model_name, "object": "model", "created": int(time.time()),
+                                            "owned_by": "jaxserve", "root": served_model_name,
+                                            "max_model_len": max_model_len()}]}
+
+    @app.post("/v1/completions")
+    async def completions(req: P.CompletionRequest, request: Request) -> Any:
+        arrival = time.monotonic()
+        check_ready()
+        check_model(req.model)
+        if req.suffix is not None:
+            raise APIError(400, "suffix is not supported", param="suffix")
+        if req.stream_options is not None and not req.stream:
+            raise APIError(400, "stream_options is only allowed with stream=true", param="stream_options")
+        try:
+            params = req.sampling_params(req.max_tokens, req.logprobs)
+        except ValueError as exc:
+            raise bad_params(exc) from exc
+        prompts = _completion_prompts(req.prompt)
+        rid = req.request_id or P.random_id("cmpl")
+        streams = await start_requests(engine, rid, prompts, params, arrival)
+        tokenizer = engine.get_tokenizer()
+        echo = None
+        if req.echo:
+            echo = [p if isinstance(p, str) else (tokenizer.decode(p) if tokenizer else "") for p in prompts]
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(stream_events(engine, streams, rid, served_model_name, False, req.n,
+                                                   req.logprobs, include_usage, echo),
+                                     media_type="text/event-stream")
+        finals = await collect(engine, streams, request.is_disconnected)
+        choices = []
+        for p, final in enumerate(finals):
+            prefix = echo[p] if echo else ""
+            for o in final.outputs:
+                lp = completion_logprobs(tokenizer, o.logprobs, len(prefix)) if req.logprobs is not None else None
+                choices.append(P.CompletionChoice(index=p * req.n + o.index, text=prefix + o.text, logprobs=lp,
+                                                  finish_reason=o.finish_reason, stop_reason=o.stop_reason))
+        return P.CompletionResponse(id=rid, model=served_model_name, choices=choices, usage=usage_of(finals))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: P.ChatCompletionRequest, request: Request) -> Any:
+        arrival = time.monotonic()
+        check_ready()
+        check_model(req.model)
+        if req.stream_options is not None and not req.stream:
+            raise APIError(400, "stream_options is only allowed with stream=true", param="stream_options")
+        top_n = (req.top_logprobs or 0) if req.logprobs else None
+        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        try:
+            params = req.sampling_params(max_tokens, top_n)
+            prompt = _chat_prompt(engine, req.messages, req.add_generation_prompt, req.chat_template_kwargs)
+        except ValueError as exc:
+            raise bad_params(exc) from exc
+        rid = req.request_id or P.random_id("chatcmpl")
+        streams = await start_requests(engine, rid, [prompt], params, arrival)
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(stream_events(engine, streams, rid, served_model_name, True, req.n, top_n,
+                                                   include_usage), media_type="text/event-stream")
+        finals = await collect(engine, streams, request.is_disconnected)
+        tokenizer = engine.get_tokenizer()
+        choices = [P.ChatChoice(index=o.index, message=P.ChatMessage(content=o.text),
+                                logprobs=chat_logprobs(tokenizer, o.logprobs, top_n) if top_n is not None else None,
+                                finish_reason=o.finish_reason, stop_reason=o.stop_reason)
+                   for o in finals[0].outputs]
+        return P.ChatCompletionResponse(id=rid, model=served_model_name, choices=choices, usage=usage_of(finals))
+
+    @app.post("/tokenize")
+    async def tokenize(req: P.TokenizeRequest) -> dict:
+        check_ready()
+        check_model(req.model)
+        tokenizer = engine.get_tokenizer()
+        if tokenizer is None:
+            raise APIError(400, "the server runs without a tokenizer")
+        try:
+            if req.messages is not None:
+                tokens = _chat_prompt(engine, req.messages, req.add_generation_prompt, None)["prompt_token_ids"]
+            elif req.prompt is not None:
+                tokens = tokenizer.encode(req.prompt, add_special_tokens=req.add_special_tokens)
+            else:
+                raise APIError(400, "give `prompt` or `messages`", param="prompt")
+        except ValueError as exc:
+            raise bad_params(exc) from exc
+        return {"count": len(tokens), "max_model_len": max_model_len(), "tokens": tokens}
+
+    @app.post("/detokenize")
+    async def detokenize(req: P.DetokenizeRequest) -> dict:
+        check_ready()
+        check_model(req.model)
+        tokenizer = engine.get_tokenizer()
+        if tokenizer is None:
+            raise APIError(400, "the server runs without a tokenizer")
+        return {"prompt": tokenizer.decode(req.tokens)}
+
+    return app
+
+
+def _completion_prompts(prompt: Any) -> list[Any]:
+    """str | [str] | [int] | [[int]] -> a list of engine prompts."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise APIError(400, "prompt must not be empty", param="prompt")
+    if all(isinstance(x, int) for x in prompt):
+        return [list(prompt)]
+    return list(prompt)
+
+
+def _chat_prompt(engine: AsyncLLMEngine, messages: list[dict[str, Any]], add_generation_prompt: bool,
+                 kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    tokenizer = engine.get_tokenizer()
+    if tokenizer is None:
+        raise ValueError("chat needs a tokenizer (the server runs with skip_tokenizer_init)")
+    msgs = [{**m, "content": _message_text(m.get("content"))} for m in messages]
+    text = tokenizer.apply_chat_template(msgs, add_generation_prompt=add_generation_prompt, **(kwargs or {}))
+    return {"prompt": text, "prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)}

@@ -1,0 +1,225 @@
+"""Turning API requests into engine requests, and engine outputs into completion / chat responses and SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from jaxserve.engine.async_engine import AsyncLLMEngine, RequestStream
+from jaxserve.outputs import CompletionOutput, RequestOutput
+from jaxserve.sampling_params import SamplingParams
+from jaxserve.server import protocol as P
+
+DISCONNECT_POLL_S = 0.5
+
+
+class APIError(Exception):
+    """An error answered with OpenAI's error body."""
+
+    def __init__(self, status: int, message: str, err_type: str = "BadRequestError", param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.err_type, self.param = status, message, err_type, param
+
+
+def bad_params(exc: ValueError) -> APIError:
+    """A 400 for a SamplingParams / engine ValueError, naming the field when the message does."""
+    message = str(exc)
+    param = None
+    if message.startswith("SamplingParams."):
+        param = message.split(".", 1)[1].split(" ", 1)[0]
+    return APIError(400, message, param=param)
+
+
+async def start_requests(engine: AsyncLLMEngine, prefix: str, prompts: list[Any], params: SamplingParams,
+                         arrival: float) -> list[RequestStream]:
+    """Add one engine request per prompt; any rejection aborts the others and becomes a 400."""
+    streams: list[RequestStream] = []
+    try:
+        for i, prompt in enumerate(prompts):
+            streams.append(await engine.add_request(f"{prefix}-{i}", prompt, params, arrival))
+    except ValueError as exc:
+        for s in streams:
+            engine.abort(s.request_id)
+        raise bad_params(exc) from exc
+    return streams
+
+
+async def merged(engine: AsyncLLMEngine, streams: list[RequestStream]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """(prompt index, output) from all streams as they arrive; leaving early aborts the unfinished ones."""
+    if len(streams) == 1:
+        async for out in engine.iterate(streams[0]):
+            yield 0, out
+        return
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def pump(i: int, stream: RequestStream) -> None:
+        try:
+            async for out in engine.iterate(stream):
+                await queue.put((i, out))
+        except Exception as exc:  # noqa: BLE001 - forwarded to the consumer
+            await queue.put(exc)
+        await queue.put((i, None))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    remaining = len(streams)
+    try:
+        while remaining:
+            item = await queue.get()
+            if isinstance(item, Exception):
+                raise item
+            if item[1] is None:
+                remaining -= 1
+                continue
+            yield item
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+def token_text(tokenizer: Any, token_id: int) -> str:
+    """One token's text as logprobs show it."""
+    if tokenizer is None:
+        return f"token_id:{token_id}"
+    return tokenizer.decode([token_id], skip_special_tokens=False)
+
+
+def completion_logprobs(tokenizer: Any, entries: list[dict[int, float]], offset: int) -> P.CompletionLogprobs:
+    """OpenAI completions logprobs for `entries` (each: sampled token first, then the top-N)."""
+    lp = P.CompletionLogprobs()
+    for entry in entries:
+        sampled, value = next(iter(entry.items()))
+        text = token_text(tokenizer, sampled)
+        lp.tokens.append(text)
+        lp.token_logprobs.append(value)
+        lp.top_logprobs.append({token_text(tokenizer, t): v for t, v in entry.items()})
+        lp.text_offset.append(offset)
+        offset += len(text)
+    return lp
+
+
+def chat_logprobs(tokenizer: Any, entries: list[dict[int, float]], top_n: int) -> P.ChatLogprobs:
+    """OpenAI chat logprobs for `entries`."""
+    content = []
+    for entry in entries:
+        sampled, value = next(iter(entry.items()))
+        text = token_text(tokenizer, sampled)
+        tops = sorted(entry.items(), key=lambda kv: -kv[1])[:top_n]
+        content.append(P.ChatTokenLogprob(
+            token=text, logprob=value, bytes=list(text.encode()),
+            top_logprobs=[P.TopLogprob(token=(s := token_text(tokenizer, t)), logprob=v, bytes=list(s.encode()))
+                          for t, v in tops]))
+    return P.ChatLogprobs(content=content)
+
+
+def usage_of(finals: list[RequestOutput]) -> P.UsageInfo:
+    """Usage over all prompts of a request."""
+    prompt = sum(len(f.prompt_token_ids) for f in finals)
+    completion = sum(len(o.token_ids) for f in finals for o in f.outputs)
+    return P.UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+class ChoiceTracker:
+    """What a stream has already sent of one choice."""
+
+    def __init__(self) -> None:
+        self.text_len = 0
+        self.num_logprobs = 0
+        self.done = False
+
+
+async def stream_events(engine: AsyncLLMEngine, streams: list[RequestStream], response_id: str, model: str,
+                        chat: bool, n: int, logprobs: int | None, include_usage: bool,
+                        echo_prompts: list[str] | None = None) -> AsyncIterator[str]:
+    """SSE events: content chunks, one empty finishing chunk per choice, optional usage chunk, [DONE]."""
+    tokenizer = engine.get_tokenizer()
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    created = int(time.time())
+    trackers: dict[int, ChoiceTracker] = {}
+    finals: dict[int, RequestOutput] = {}
+
+    def chunk(index: int, text: str | None, reason: str | None = None, stop_reason: Any = None,
+              lp: Any = None, role: str | None = None) -> str:
+        if chat:
+            choice: Any = P.ChatStreamChoice(index=index, delta=P.DeltaMessage(role=role, content=text),
+                                             logprobs=lp, finish_reason=reason, stop_reason=stop_reason)
+        else:
+            choice = P.CompletionChoice(index=index, text=text or "", logprobs=lp, finish_reason=reason,
+                                        stop_reason=stop_reason)
+        return P.StreamChunk(id=response_id, object=obj, created=created, model=model, choices=[choice]).sse()
+
+    try:
+        for p in range(len(streams)):
+            for j in range(n):
+                if chat:
+                    yield chunk(p * n + j, "", role="assistant")
+                elif echo_prompts is not None:
+                    yield chunk(p * n + j, echo_prompts[p])
+        async for p, out in merged(engine, streams):
+            if out.finished:
+                finals[p] = out
+            for o in out.outputs:
+                index = p * n + o.index
+                tr = trackers.setdefault(index, ChoiceTracker())
+                if tr.done:
+                    continue
+                for event in _choice_events(tokenizer, chunk, index, tr, o, chat, logprobs):
+                    yield event
+        if include_usage:
+            usage = usage_of([finals[p] for p in sorted(finals)])
+            yield P.StreamChunk(id=response_id, object=obj, created=created, model=model, choices=[],
+                                usage=usage).sse()
+    except Exception as exc:  # noqa: BLE001 - the error goes into the stream, the server stays up
+        yield f"data: {json.dumps(P.error_body(str(exc), 500, 'InternalServerError'))}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def _choice_events(tokenizer: Any, chunk: Any, index: int, tr: ChoiceTracker, o: CompletionOutput, chat: bool,
+                   logprobs: int | None) -> list[str]:
+    events = []
+    delta = o.text[tr.text_len:]
+    lp = None
+    new_entries = (o.logprobs or [])[tr.num_logprobs:] if logprobs is not None else []
+    if new_entries:
+        lp = (chat_logprobs(tokenizer, new_entries, logprobs) if chat
+              else completion_logprobs(tokenizer, new_entries, tr.text_len))
+    if delta or new_entries:
+        events.append(chunk(index, delta, lp=lp))
+        tr.text_len += len(delta)
+        tr.num_logprobs += len(new_entries)
+    if o.finish_reason is not None:
+        events.append(chunk(index, "", reason=o.finish_reason, stop_reason=o.stop_reason))
+        tr.done = True
+    return events
+
+
+async def collect(engine: AsyncLLMEngine, streams: list[RequestStream],
+                  is_disconnected: Callable[[], Awaitable[bool]] | None = None) -> list[RequestOutput]:
+    """The final output of every stream (prompt order); engine failures become 500.
+
+    With `is_disconnected`, a client that hangs up aborts its requests (checked every half second).
+    """
+    finals: dict[int, RequestOutput] = {}
+
+    async def consume() -> None:
+        async for p, out in merged(engine, streams):
+            if out.finished:
+                finals[p] = out
+
+    try:
+        task = asyncio.create_task(consume())
+        while is_disconnected is not None and not task.done():
+            await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if not task.done() and await is_disconnected():
+                task.cancel()
+                raise APIError(499, "client disconnected", "ClientDisconnected")
+        await task
+    except APIError:
+        raise
+    except ValueError as exc:
+        raise bad_params(exc) from exc
+    except Exception as exc:
+        raise APIError(500, str(exc), "InternalServerError") from exc
+    return [finals[p] for p in range(len(streams))]
