@@ -66,7 +66,8 @@ def _serve(ns: argparse.Namespace) -> int:
     from jaxserve.server.launch import serve
 
     serve(engine_args_from(ns), host=ns.host, port=ns.port, api_key=ns.api_key,
-          served_model_name=ns.served_model_name, log_level=ns.log_level)
+          served_model_name=ns.served_model_name, log_level=ns.log_level, max_queue_len=ns.max_queue_len,
+          max_body_bytes=ns.max_body_bytes, graceful_shutdown_s=ns.graceful_shutdown_s)
     return 0
 
 

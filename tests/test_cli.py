@@ -51,3 +51,14 @@ def test_convert_then_load_gives_the_same_tokens(tmp_path):
     original = LLM(str(tmp_path / "hf"), **kwargs).generate(prompt, params, use_tqdm=False)
     converted = LLM(str(tmp_path / "native"), **kwargs).generate(prompt, params, use_tqdm=False)
     assert converted[0].outputs[0].token_ids == original[0].outputs[0].token_ids
+
+
+def test_serve_flags_reach_the_server(monkeypatch):
+    import jaxserve.server.launch as launch
+
+    seen = {}
+    monkeypatch.setattr(launch, "serve", lambda args, **kwargs: seen.update(kwargs, model=args.model))
+    assert main(["serve", "m", "--port", "8123", "--max-queue-len", "5", "--max-body-bytes", "1000",
+                 "--graceful-shutdown-s", "7"]) == 0
+    assert (seen["model"], seen["port"], seen["max_queue_len"], seen["max_body_bytes"]) == ("m", 8123, 5, 1000)
+    assert seen["graceful_shutdown_s"] == 7

@@ -47,14 +47,18 @@ class AsyncLLMEngine:
     """Runs an LLMEngine in a thread; `generate` streams RequestOutputs to asyncio code.
 
     `engine_factory` builds the engine inside the thread (so the server can answer /health with 503 while the
-    model loads and compiles). `on_finished` / `on_step` hooks run in the engine thread (used for metrics).
+    model loads and compiles). `on_finished` / `on_step` / `on_output` (every output of a step) hooks run in the
+    engine thread (used for metrics and request logs).
     """
 
     def __init__(self, engine_factory: Callable[[], Any], on_finished: OutputHook | None = None,
-                 on_step: Callable[[Any], None] | None = None) -> None:
+                 on_step: Callable[[Any], None] | None = None, on_output: OutputHook | None = None) -> None:
         self._factory = engine_factory
         self._on_finished = on_finished
         self._on_step = on_step
+        self._on_output = on_output
+        self._num_pending = 0  # add commands queued for the engine thread, not yet applied
+        self._pending_lock = threading.Lock()
         self.engine: Any = None
         self.load_error: BaseException | None = None
         self.ready = threading.Event()
@@ -82,6 +86,11 @@ class AsyncLLMEngine:
         """True once the engine is built and warmed up."""
         return self.ready.is_set() and self.load_error is None
 
+    @property
+    def num_queued(self) -> int:
+        """Requests accepted but not running yet: the engine's waiting queue plus adds not yet applied."""
+        return int(self.last_stats.get("num_waiting", 0) or 0) + self._num_pending
+
     def get_tokenizer(self) -> Any:
         """The engine's tokenizer (None until ready)."""
         return self.engine.get_tokenizer() if self.engine is not None else None
@@ -95,6 +104,8 @@ class AsyncLLMEngine:
             raise EngineDeadError("the engine is not ready")
         stream = RequestStream(request_id, asyncio.get_running_loop())
         arrival = time.monotonic() if arrival_time is None else arrival_time
+        with self._pending_lock:
+            self._num_pending += 1
         self._commands.put(("add", stream, prompt, params, arrival))
         first = await stream.queue.get()
         if isinstance(first, BaseException):
@@ -169,9 +180,17 @@ class AsyncLLMEngine:
         try:
             self.engine.add_request(stream.request_id, prompt, params, arrival_time=arrival)
         except Exception as exc:  # noqa: BLE001 - the request's error, handed to its caller
+            with self._pending_lock:
+                self._num_pending -= 1
             stream.put(exc)
             return
         self._streams[stream.request_id] = stream
+        try:
+            self.last_stats = self.engine.stats()  # so the waiting count includes it before the next step
+        except Exception:
+            logger.exception("engine stats failed")
+        with self._pending_lock:
+            self._num_pending -= 1
         stream.put(_ACCEPTED)
 
     def _abort(self, request_id: str) -> None:
@@ -187,7 +206,12 @@ class AsyncLLMEngine:
                     o.finish_reason = "abort"
             self._safe_hook(self._on_finished, last)
 
+    @staticmethod
+    def _tokens_so_far(stats: dict[str, Any]) -> int:
+        return int(sum((stats.get("step_tokens") or {}).values()))
+
     def _step(self) -> None:
+        tokens_before = self._tokens_so_far(self.last_stats)
         try:
             outputs = self.engine.step()
         except Exception as exc:
@@ -200,12 +224,16 @@ class AsyncLLMEngine:
                 continue
             stream.last = out
             stream.put(out)
+            if self._on_output is not None:
+                self._safe_hook(self._on_output, out)
             if out.finished:
                 del self._streams[out.request_id]
                 if self._on_finished is not None:
                     self._safe_hook(self._on_finished, out)
         try:
             self.last_stats = self.engine.stats()
+            # the tokens this step processed (stats' step_tokens are cumulative, warm-up included)
+            self.last_stats["last_step_tokens"] = self._tokens_so_far(self.last_stats) - tokens_before
         except Exception:
             logger.exception("engine stats failed")
         if self._on_step is not None:

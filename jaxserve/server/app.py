@@ -24,6 +24,8 @@ from jaxserve.server.serving import (
 )
 
 OPEN_PATHS = {"/health", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+QUEUE_FULL_RETRY_AFTER_S = 1
 LOADING_BODY = {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
 
 
@@ -45,6 +47,53 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+class MaxBodySizeMiddleware:
+    """Pure ASGI: 413 with an OpenAI error body when the declared or the actual request body exceeds the limit.
+
+    The body is read before the app runs (so an oversized one never reaches it), then replayed; later `receive`
+    calls (disconnect detection) go to the server as usual.
+    """
+
+    def __init__(self, app: Any, max_body_bytes: int) -> None:
+        self.app = app
+        self.limit = max_body_bytes
+
+    async def _reject(self, scope: dict, receive: Any, send: Any) -> None:
+        body = P.error_body(f"the request body exceeds the server's limit of {self.limit} bytes", 413,
+                            "RequestEntityTooLarge")
+        await JSONResponse(body, status_code=413, headers={"Connection": "close"})(scope, receive, send)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            try:
+                if int(declared) > self.limit:
+                    await self._reject(scope, receive, send)
+                    return
+            except ValueError:
+                pass
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await self._reject(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Any:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
 def _message_text(content: Any) -> Any:
     """Chat content parts ([{"type": "text", "text": ...}]) flattened to a string."""
     if isinstance(content, list):
@@ -53,14 +102,21 @@ def _message_text(content: Any) -> Any:
 
 
 def create_app(engine: AsyncLLMEngine, served_model_name: str, metrics: ServerMetrics | None = None,
-               api_key: str | None = None) -> FastAPI:
-    """Build the app; the caller starts the engine (the app's lifespan does not)."""
+               api_key: str | None = None, max_queue_len: int | None = None,
+               max_body_bytes: int | None = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+    """Build the app; the caller starts the engine (the app's lifespan does not).
+
+    `max_queue_len`: generation requests get 503 (with Retry-After) while that many or more requests wait for the
+    engine (None: no limit). `max_body_bytes`: larger request bodies get 413 (None: no limit).
+    """
     app = FastAPI(title="jaxserve", description="OpenAI-compatible LLM server")
     metrics = metrics or ServerMetrics(served_model_name)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(P.error_body(exc.message, exc.status, exc.err_type, exc.param), status_code=exc.status)
+        headers = {"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)} if exc.status == 503 else None
+        return JSONResponse(P.error_body(exc.message, exc.status, exc.err_type, exc.param), status_code=exc.status,
+                            headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -74,12 +130,19 @@ def create_app(engine: AsyncLLMEngine, served_model_name: str, metrics: ServerMe
 
     if api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+    if max_body_bytes is not None:
+        app.add_middleware(MaxBodySizeMiddleware, max_body_bytes=max_body_bytes)
 
     def check_ready() -> None:
         if engine.load_error is not None:
             raise APIError(500, f"the engine failed to load: {engine.load_error}", "InternalServerError")
         if not engine.is_ready:
             raise APIError(503, "Loading model", "unavailable_error")
+
+    def check_queue() -> None:
+        if max_queue_len is not None and engine.num_queued >= max_queue_len:
+            raise APIError(503, f"the server is overloaded: {engine.num_queued} requests are waiting (the limit is "
+                           f"{max_queue_len}); retry later", "ServiceUnavailableError")
 
     def check_model(name: str | None) -> None:
         if name is not None and name != served_model_name:
@@ -112,6 +175,7 @@ def create_app(engine: AsyncLLMEngine, served_model_name: str, metrics: ServerMe
         arrival = time.monotonic()
         check_ready()
         check_model(req.model)
+        check_queue()
         if req.suffix is not None:
             raise APIError(400, "suffix is not supported", param="suffix")
         if req.stream_options is not None and not req.stream:
@@ -147,6 +211,7 @@ def create_app(engine: AsyncLLMEngine, served_model_name: str, metrics: ServerMe
         arrival = time.monotonic()
         check_ready()
         check_model(req.model)
+        check_queue()
         if req.stream_options is not None and not req.stream:
             raise APIError(400, "stream_options is only allowed with stream=true", param="stream_options")
         top_n = (req.top_logprobs or 0) if req.logprobs else None
