@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     conv.add_argument("--no-progress", action="store_true")
     conv.set_defaults(func=_convert)
+    # --log-level works before or after the subcommand (so `python serve.py --log-level DEBUG` works too).
+    for subparser in (srv, gen, conv):
+        subparser.add_argument("--log-level", default=argparse.SUPPRESS, help="logging level (default INFO)")
     return parser
 
 

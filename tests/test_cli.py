@@ -62,3 +62,10 @@ def test_serve_flags_reach_the_server(monkeypatch):
                  "--graceful-shutdown-s", "7"]) == 0
     assert (seen["model"], seen["port"], seen["max_queue_len"], seen["max_body_bytes"]) == ("m", 8123, 5, 1000)
     assert seen["graceful_shutdown_s"] == 7
+
+
+def test_log_level_is_accepted_before_or_after_the_subcommand():
+    parser = build_parser()
+    assert parser.parse_args(["--log-level", "DEBUG", "convert", "a", "b"]).log_level == "DEBUG"
+    assert parser.parse_args(["convert", "a", "b", "--log-level", "WARNING"]).log_level == "WARNING"
+    assert parser.parse_args(["convert", "a", "b"]).log_level == "INFO"
