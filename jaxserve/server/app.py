@@ -235,13 +235,18 @@ def create_app(engine: AsyncLLMEngine, served_model_name: str, metrics: ServerMe
                    for o in finals[0].outputs]
         return P.ChatCompletionResponse(id=rid, model=served_model_name, choices=choices, usage=usage_of(finals))
 
-    @app.post("/tokenize")
-    async def tokenize(req: P.TokenizeRequest) -> dict:
+    def ready_tokenizer(model: str | None) -> Any:
+        """The engine's tokenizer, after the checks every tokenizer route makes."""
         check_ready()
-        check_model(req.model)
+        check_model(model)
         tokenizer = engine.get_tokenizer()
         if tokenizer is None:
             raise APIError(400, "the server runs without a tokenizer")
+        return tokenizer
+
+    @app.post("/tokenize")
+    async def tokenize(req: P.TokenizeRequest) -> dict:
+        tokenizer = ready_tokenizer(req.model)
         try:
             if req.messages is not None:
                 tokens = _chat_prompt(engine, req.messages, req.add_generation_prompt, None)["prompt_token_ids"]
@@ -255,12 +260,7 @@ def create_app(engine: AsyncLLMEngine, served_model_name: str, metrics: ServerMe
 
     @app.post("/detokenize")
     async def detokenize(req: P.DetokenizeRequest) -> dict:
-        check_ready()
-        check_model(req.model)
-        tokenizer = engine.get_tokenizer()
-        if tokenizer is None:
-            raise APIError(400, "the server runs without a tokenizer")
-        return {"prompt": tokenizer.decode(req.tokens)}
+        return {"prompt": ready_tokenizer(req.model).decode(req.tokens)}
 
     return app
 
