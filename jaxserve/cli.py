@@ -12,7 +12,7 @@ from typing import Any
 from jaxserve.engine.engine_args import EngineArgs
 from jaxserve.sampling_params import SamplingParams
 
-_BOOL_DEFAULT_TRUE = {"compile_all_buckets", "progress"}
+_BOOL_DEFAULT_TRUE = {"compile_all_buckets", "progress", "enable_prefix_caching"}
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:

@@ -149,6 +149,7 @@ class CacheConfig:
     kv_cache_memory: int | None = None  # bytes for K and V pages; None: a platform default
     num_kv_blocks: int | None = None  # overrides kv_cache_memory when set
     kv_cache_dtype: str = "auto"  # "auto" follows the model dtype
+    enable_prefix_caching: bool = True  # reuse full pages whose tokens (and salt) match a cached prefix
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
@@ -190,6 +191,8 @@ class EngineConfig:
     compile_all_buckets: bool = True  # compile every shape bucket at start-up
     compilation_cache_dir: str | None = None  # persistent XLA cache; None disables it
     min_bucket: int = 8  # smallest token / sequence bucket
+    attention_backend: str = "auto"  # "auto" | "xla" | "pallas"
+    quantization: str | None = None  # weight quantization scheme; None keeps the checkpoint's float weights
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16"):

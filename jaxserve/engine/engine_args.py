@@ -32,6 +32,10 @@ class EngineArgs:
     block_size: int = 16
     kv_cache_memory: int | None = None
     num_kv_blocks: int | None = None
+    kv_cache_dtype: str = "auto"
+    enable_prefix_caching: bool = True
+    attention_backend: str = "auto"
+    quantization: str | None = None
     skip_tokenizer_init: bool = False
     seed: int = 0
     compile_all_buckets: bool = True
@@ -69,11 +73,12 @@ def build_engine(args: EngineArgs):
     config = EngineConfig(
         model=loaded.config,
         cache=CacheConfig(block_size=args.block_size, kv_cache_memory=args.kv_cache_memory,
-                          num_kv_blocks=args.num_kv_blocks),
+                          num_kv_blocks=args.num_kv_blocks, kv_cache_dtype=args.kv_cache_dtype,
+                          enable_prefix_caching=args.enable_prefix_caching),
         scheduler=SchedulerConfig(max_model_len=args.max_model_len or loaded.config.max_position_embeddings,
                                   max_num_seqs=args.max_num_seqs,
                                   max_num_batched_tokens=args.max_num_batched_tokens),
-        dtype=dtype, seed=args.seed, compile_all_buckets=args.compile_all_buckets,
+        dtype=dtype, seed=args.seed, attention_backend=args.attention_backend, quantization=args.quantization, compile_all_buckets=args.compile_all_buckets,
         compilation_cache_dir=args.compilation_cache_dir)
     num_blocks = size_kv_pool(config)
     return LLMEngine(config, params, tokenizer, num_blocks, progress=args.progress)
