@@ -98,7 +98,7 @@ class AsyncLLMEngine:
     # -- requests (called from the event loop) -------------------------------------------------------------------
 
     async def add_request(self, request_id: str, prompt: Any, params: SamplingParams,
-                          arrival_time: float | None = None) -> RequestStream:
+                          arrival_time: float | None = None, cache_salt: str | None = None) -> RequestStream:
         """Queue a request; raises the engine's ValueError (bad prompt, too long) before any output."""
         if not self.is_ready:
             raise EngineDeadError("the engine is not ready")
@@ -106,7 +106,7 @@ class AsyncLLMEngine:
         arrival = time.monotonic() if arrival_time is None else arrival_time
         with self._pending_lock:
             self._num_pending += 1
-        self._commands.put(("add", stream, prompt, params, arrival))
+        self._commands.put(("add", stream, prompt, params, arrival, cache_salt))
         first = await stream.queue.get()
         if isinstance(first, BaseException):
             raise first
@@ -129,9 +129,10 @@ class AsyncLLMEngine:
                 self.abort(stream.request_id)
 
     async def generate(self, request_id: str, prompt: Any, params: SamplingParams,
-                       arrival_time: float | None = None) -> AsyncIterator[RequestOutput]:
+                       arrival_time: float | None = None,
+                       cache_salt: str | None = None) -> AsyncIterator[RequestOutput]:
         """add_request + iterate: an async iterator of cumulative RequestOutputs for one request."""
-        stream = await self.add_request(request_id, prompt, params, arrival_time)
+        stream = await self.add_request(request_id, prompt, params, arrival_time, cache_salt)
         async for out in self.iterate(stream):
             yield out
 
@@ -176,9 +177,10 @@ class AsyncLLMEngine:
             elif cmd[0] == "abort":
                 self._abort(cmd[1])
 
-    def _add(self, stream: RequestStream, prompt: Any, params: SamplingParams, arrival: float) -> None:
+    def _add(self, stream: RequestStream, prompt: Any, params: SamplingParams, arrival: float,
+             cache_salt: str | None) -> None:
         try:
-            self.engine.add_request(stream.request_id, prompt, params, arrival_time=arrival)
+            self.engine.add_request(stream.request_id, prompt, params, arrival_time=arrival, cache_salt=cache_salt)
         except Exception as exc:  # noqa: BLE001 - the request's error, handed to its caller
             with self._pending_lock:
                 self._num_pending -= 1

@@ -52,8 +52,13 @@ class LLMEngine:
     # -- requests ------------------------------------------------------------------------------------------------
 
     def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None,
-                    arrival_time: float | None = None) -> None:
-        """Validate and queue a request. Raises ValueError for a bad prompt or one that cannot fit."""
+                    arrival_time: float | None = None, cache_salt: str | None = None) -> None:
+        """Validate and queue a request. Raises ValueError for a bad prompt or one that cannot fit.
+
+        `cache_salt` keeps the request's KV apart: only requests with the same salt share prefix-cache pages.
+        """
+        if cache_salt is not None and not isinstance(cache_salt, str):
+            raise ValueError(f"cache_salt must be a string, got {type(cache_salt).__name__}")
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         params = params or SamplingParams()
@@ -62,6 +67,8 @@ class LLMEngine:
         arrival = time.monotonic() if arrival_time is None else arrival_time
         base_seed = params.seed if params.seed is not None else int(self._rng.integers(0, 2**63))
         seqs = [Sequence(request_id, ids, params, i, base_seed, arrival) for i in range(params.n)]
+        for seq in seqs:
+            seq.cache_salt = cache_salt
         self.requests[request_id] = RequestState(request_id, text, ids, params, seqs, self.tokenizer, arrival)
         for seq in seqs:
             self.scheduler.add(seq)

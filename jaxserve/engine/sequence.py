@@ -45,6 +45,7 @@ class Sequence:
         self.output_logprobs: list[dict[int, float]] = []
         self.cumulative_logprob = 0.0
         self.num_preemptions = 0
+        self.cache_salt: str | None = None  # prefix-cache namespace (see LLMEngine.add_request)
 
     @property
     def num_tokens(self) -> int:

@@ -24,7 +24,7 @@ class TimedFakeEngine:
         self.requests: dict[str, dict] = {}
         self.step_tokens = {"decode": 0}
 
-    def add_request(self, request_id, prompt, params, arrival_time=None):
+    def add_request(self, request_id, prompt, params, arrival_time=None, cache_salt=None):
         self.requests[request_id] = {"max": params.max_tokens, "n": 0, "prompt": [1, 2, 3],
                                      "metrics": RequestMetrics(arrival_time or time.monotonic())}
 

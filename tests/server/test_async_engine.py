@@ -19,7 +19,7 @@ class FakeEngine:
         self.fail_next = False
         self.aborted: list[str] = []
 
-    def add_request(self, request_id, prompt, params, arrival_time=None):
+    def add_request(self, request_id, prompt, params, arrival_time=None, cache_salt=None):
         if prompt == "too long":
             raise ValueError("the prompt has 999 tokens but max_model_len is 512")
         self.requests[request_id] = [params.max_tokens, 0]
