@@ -1,4 +1,4 @@
-"""The `jaxserve` command line: `serve`, `generate` and `convert` (plan and bench arrive with their issues)."""
+"""The `jaxserve` command line: `serve`, `generate`, `convert` and `plan`."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
             else:
                 parser.add_argument(flag, action="store_true")
         else:
-            kind = int if "int" in str(field.type) else str
+            kind = int if "int" in str(field.type) else float if "float" in str(field.type) else str
             parser.add_argument(flag, type=kind, default=field.default)
 
 
@@ -111,8 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     conv.add_argument("--no-progress", action="store_true")
     conv.set_defaults(func=_convert)
+
+    from jaxserve.planner.cli import add_plan_args, run_plan
+
+    plan = sub.add_parser("plan", help="capacity plan: memory, max concurrency, roofline TTFT/TPOT for a device")
+    add_plan_args(plan)
+    plan.set_defaults(func=run_plan)
     # --log-level works before or after the subcommand (so `python serve.py --log-level DEBUG` works too).
-    for subparser in (srv, gen, conv):
+    for subparser in (srv, gen, conv, plan):
         subparser.add_argument("--log-level", default=argparse.SUPPRESS, help="logging level (default INFO)")
     return parser
 

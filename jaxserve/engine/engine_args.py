@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import time
 
@@ -12,11 +11,10 @@ import jax
 
 from jaxserve.config import CacheConfig, EngineConfig, SchedulerConfig
 from jaxserve.kv_cache import kv_bytes_per_token
+from jaxserve.planner.memory import DEFAULT_MEMORY_UTILIZATION, kv_pool_blocks, local_kv_budget, max_concurrency
 
 logger = logging.getLogger(__name__)
 
-CPU_DEFAULT_KV_CACHE_MEMORY = 1 << 30  # 1 GiB: modest, so several engines fit in one test process
-DEVICE_MEMORY_UTILIZATION = 0.9
 DEFAULT_COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "jaxserve", "xla")
 
 
@@ -33,6 +31,7 @@ class EngineArgs:
     kv_cache_memory: int | None = None
     num_kv_blocks: int | None = None
     kv_cache_dtype: str = "auto"
+    gpu_memory_utilization: float = DEFAULT_MEMORY_UTILIZATION  # share of accelerator memory for weights + KV
     enable_prefix_caching: bool = True
     attention_backend: str = "auto"
     quantization: str | None = None
@@ -80,38 +79,29 @@ def build_engine(args: EngineArgs):
                                   max_num_batched_tokens=args.max_num_batched_tokens),
         dtype=dtype, seed=args.seed, attention_backend=args.attention_backend, quantization=args.quantization, compile_all_buckets=args.compile_all_buckets,
         compilation_cache_dir=args.compilation_cache_dir)
-    num_blocks = size_kv_pool(config)
+    num_blocks = size_kv_pool(config, args.gpu_memory_utilization)
     return LLMEngine(config, params, tokenizer, num_blocks, progress=args.progress)
 
 
-def size_kv_pool(config: EngineConfig) -> int:
-    """Pages in the pool (the reserved page included), from num_kv_blocks, kv_cache_memory or the platform."""
+def size_kv_pool(config: EngineConfig, memory_utilization: float = DEFAULT_MEMORY_UTILIZATION) -> int:
+    """Pages in the pool (the reserved page included), from num_kv_blocks, kv_cache_memory or the platform.
+
+    The arithmetic is the capacity planner's (`jaxserve.planner.memory`), so `jaxserve plan --device local` predicts
+    exactly the pool and concurrency the engine gets.
+    """
     cache = config.cache
     per_block = kv_bytes_per_token(config.model, config.kv_dtype) * cache.block_size
     if cache.num_kv_blocks is not None:
         num_blocks = cache.num_kv_blocks
     else:
-        budget = cache.kv_cache_memory or _default_kv_budget()
-        num_blocks = budget // per_block
-        # More pages than max_num_seqs full-length sequences can use would only waste memory.
-        num_blocks = min(num_blocks, config.scheduler.max_num_seqs * config.max_blocks_per_seq + 1)
+        budget = cache.kv_cache_memory or local_kv_budget(memory_utilization)
+        num_blocks = kv_pool_blocks(config.model, config.kv_dtype, cache.block_size, budget,
+                                    config.max_blocks_per_seq, config.scheduler.max_num_seqs)
     if num_blocks < 2:
         raise ValueError(f"the KV budget holds {num_blocks} pages of {per_block} bytes; at least 2 are needed")
     tokens = (num_blocks - 1) * cache.block_size
-    per_seq = config.max_blocks_per_seq
     logger.info("KV cache: %d pages x %d tokens = %d tokens, %.1f MiB (%d bytes/token); max concurrency at "
-                "max_model_len=%d: %.2f sequences", num_blocks - 1, cache.block_size, tokens,
+                "max_model_len=%d: %d sequences", num_blocks - 1, cache.block_size, tokens,
                 num_blocks * per_block / 2**20, per_block // cache.block_size, config.scheduler.max_model_len,
-                (num_blocks - 1) / per_seq)
+                max_concurrency(num_blocks, config.scheduler.max_model_len, cache.block_size))
     return num_blocks
-
-
-def _default_kv_budget() -> int:
-    device = jax.devices()[0]
-    if device.platform == "cpu":
-        return CPU_DEFAULT_KV_CACHE_MEMORY
-    stats = device.memory_stats() or {}
-    limit, used = stats.get("bytes_limit"), stats.get("bytes_in_use", 0)
-    if not limit:
-        return CPU_DEFAULT_KV_CACHE_MEMORY
-    return max(0, math.floor(limit * DEVICE_MEMORY_UTILIZATION) - used)

@@ -1,0 +1,78 @@
+"""`jaxserve plan`: flags and the command that prints a plan."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from jaxserve.planner import memory
+from jaxserve.planner.devices import DEVICE_PRESETS, get_device
+from jaxserve.planner.model_presets import MODEL_PRESETS, resolve_model
+from jaxserve.planner.plan import PlanRequest, plan
+from jaxserve.planner.report import format_plan
+
+
+def add_plan_args(parser: argparse.ArgumentParser) -> None:
+    """The planner's flags."""
+    parser.add_argument("--model", default="smollm2-135m",
+                        help=f"a preset ({', '.join(MODEL_PRESETS)}), a config.json, or a checkpoint")
+    parser.add_argument("--dtype", default="bfloat16", choices=memory.WEIGHT_FORMATS, help="weight format")
+    parser.add_argument("--kv-cache-dtype", default="auto", help="auto follows the compute dtype")
+    parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--device", default="h100", help=f"{', '.join(DEVICE_PRESETS)}, or local")
+    parser.add_argument("--measure", action="store_true", help="with --device local: measure bandwidth and "
+                        "matmul rate now")
+    parser.add_argument("--memory-gb", type=float, default=None)
+    parser.add_argument("--bandwidth-gbs", type=float, default=None)
+    parser.add_argument("--tflops", type=float, default=None)
+    parser.add_argument("--gpu-memory-utilization", type=float, default=memory.DEFAULT_MEMORY_UTILIZATION)
+    parser.add_argument("--num-devices", type=int, default=1)
+    parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--kv-cache-memory", type=int, default=None, help="fix the KV budget in bytes")
+    parser.add_argument("--max-num-seqs", type=int, default=None)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=512)
+    parser.add_argument("--group-size", type=int, default=memory.DEFAULT_INT4_GROUP, help="int4 group size")
+    parser.add_argument("--prompt-len", type=int, default=512)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--json", action="store_true")
+
+
+def request_from_args(ns: argparse.Namespace) -> PlanRequest:
+    """A PlanRequest from parsed flags (measuring the local device when asked)."""
+    name, model = resolve_model(ns.model)
+    kv_cache_memory = ns.kv_cache_memory
+    if ns.device == "local":
+        if not ns.measure:
+            raise ValueError("--device local needs --measure (or use a preset / --memory-gb --bandwidth-gbs "
+                             "--tflops)")
+        from jaxserve.planner.measure import measure_local_device
+
+        device = measure_local_device()
+        if kv_cache_memory is None:  # size the pool exactly as the engine will
+            kv_cache_memory = _local_budget(model, ns)
+    else:
+        device = get_device(ns.device)
+    device = device.with_overrides(ns.memory_gb, ns.bandwidth_gbs, ns.tflops)
+    return PlanRequest(model=model, device=device, model_name=name, weight_format=ns.dtype,
+                       kv_cache_dtype=ns.kv_cache_dtype, max_model_len=ns.max_model_len,
+                       memory_utilization=ns.gpu_memory_utilization, num_devices=ns.num_devices,
+                       block_size=ns.block_size, kv_cache_memory=kv_cache_memory,
+                       max_num_batched_tokens=ns.max_num_batched_tokens, max_num_seqs=ns.max_num_seqs,
+                       prompt_len=ns.prompt_len, output_len=ns.output_len, group_size=ns.group_size)
+
+
+def _local_budget(model, ns: argparse.Namespace) -> float:
+    import jax
+
+    budget = memory.local_kv_budget(ns.gpu_memory_utilization)
+    if jax.default_backend() != "cpu":  # the engine measures after loading the weights; subtract them here
+        budget -= memory.model_bytes(model, ns.dtype, "float32" if ns.dtype == "float32" else "bfloat16",
+                                     ns.group_size)
+    return max(budget, 0)
+
+
+def run_plan(ns: argparse.Namespace) -> int:
+    """Print the plan (a table, or JSON with --json)."""
+    result = plan(request_from_args(ns))
+    print(json.dumps(result, indent=2) if ns.json else format_plan(result))
+    return 0

@@ -1,0 +1,56 @@
+"""Measures the local device for the planner: usable memory, read bandwidth and matmul rate (median of runs)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from jaxserve.planner.devices import DeviceSpec
+
+
+def _median_seconds(fn, *args, repeats: int = 7) -> float:
+    jax.block_until_ready(fn(*args))  # compile and warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_bandwidth(num_bytes: int | None = None) -> float:
+    """Bytes/s of a full read of a large float32 array (a reduction: the access pattern of decode)."""
+    accelerator = jax.default_backend() != "cpu"
+    num_bytes = num_bytes or (2 << 30 if accelerator else 256 << 20)
+    x = jnp.ones((num_bytes // 4,), jnp.float32)
+    return num_bytes / _median_seconds(jax.jit(jnp.sum), x)
+
+
+def measure_matmul(dtype: str, size: int | None = None) -> float:
+    """FLOP/s of a square matmul with `dtype` operands and float32 accumulation."""
+    size = size or (8192 if jax.default_backend() != "cpu" else 1024)
+    a = jnp.ones((size, size), dtype)
+    b = jnp.ones((size, size), dtype)
+    dot = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+    return 2 * size**3 / _median_seconds(dot, a, b)
+
+
+def device_memory_bytes() -> float:
+    """Total memory of the local device (host RAM on CPU)."""
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and stats.get("bytes_limit"):
+        return float(stats["bytes_limit"])
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def measure_local_device() -> DeviceSpec:
+    """A DeviceSpec of this machine's first jax device, measured now (takes a few seconds)."""
+    device = jax.devices()[0]
+    peak = {dtype: measure_matmul(dtype) for dtype in ("float32", "bfloat16")}
+    return DeviceSpec(f"local ({device.platform}: {device.device_kind})", device_memory_bytes(),
+                      measure_bandwidth(), peak, source="measured by jaxserve.planner.measure")

@@ -1,0 +1,117 @@
+"""Memory arithmetic of serving: weight bytes by format, KV bytes per token, the KV pool and max concurrency.
+
+The engine sizes its KV pool with `kv_pool_blocks` and `local_kv_budget` from this module, so the planner's
+`max_concurrency` for the local device is what the engine admits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from jaxserve.config import ModelConfig
+from jaxserve.kv_cache import kv_bytes_per_token
+
+WEIGHT_FORMATS = ("float32", "bfloat16", "int8", "int4")
+FLOAT_BYTES = {"float32": 4, "bfloat16": 2}
+SCALE_BYTES = 4  # one float32 scale per output channel (int8) or per group of inputs (int4)
+DEFAULT_INT4_GROUP = 32
+CPU_DEFAULT_KV_CACHE_MEMORY = 1 << 30  # 1 GiB on CPU: modest, so several engines fit in one test process
+DEFAULT_MEMORY_UTILIZATION = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+    """One parameter: its shape and whether it is a matmul weight (quantizable) or a norm / bias (kept float)."""
+
+    name: str
+    shape: tuple[int, ...]
+    matmul: bool
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+def parameter_inventory(model: ModelConfig) -> list[Tensor]:
+    """Every parameter tensor of a Llama-family model, with the layer axis folded into the first dimension.
+
+    Matmul weights are `[in, out]` (embedding `[vocab, hidden]`, quantized per row like an output channel).
+    """
+    h, i, L = model.hidden_size, model.intermediate_size, model.num_layers
+    q, kv = model.num_heads * model.head_dim, model.num_kv_heads * model.head_dim
+    tensors = [Tensor("embed", (model.vocab_size, h), True)]
+    for name, shape in (("wq", (h, q)), ("wk", (h, kv)), ("wv", (h, kv)), ("wo", (q, h)),
+                        ("w_gate", (h, i)), ("w_up", (h, i)), ("w_down", (i, h))):
+        tensors.append(Tensor(name, (L * shape[0], shape[1]), True))
+    tensors += [Tensor("attn_norm", (L, h), False), Tensor("mlp_norm", (L, h), False),
+                Tensor("final_norm", (h,), False)]
+    if model.attention_bias:
+        tensors += [Tensor("bq", (L, q), False), Tensor("bk", (L, kv), False), Tensor("bv", (L, kv), False)]
+    if not model.tie_word_embeddings:
+        tensors.append(Tensor("lm_head", (h, model.vocab_size), True))
+    return tensors
+
+
+def tensor_bytes(t: Tensor, weight_format: str, float_dtype: str = "bfloat16",
+                 group_size: int = DEFAULT_INT4_GROUP) -> int:
+    """Bytes of one tensor in `weight_format`, scales included; norms and biases stay in `float_dtype`."""
+    if weight_format in FLOAT_BYTES:
+        return t.size * FLOAT_BYTES[weight_format]
+    if weight_format not in WEIGHT_FORMATS:
+        raise ValueError(f"unknown weight format {weight_format!r}; choose one of {WEIGHT_FORMATS}")
+    if not t.matmul:
+        return t.size * FLOAT_BYTES[float_dtype]
+    rows, cols = t.shape
+    if t.name == "embed":  # scales run along the hidden axis of each row
+        rows, cols = cols, rows
+    if weight_format == "int8":
+        return t.size + cols * SCALE_BYTES
+    return math.ceil(t.size / 2) + math.ceil(rows / group_size) * cols * SCALE_BYTES
+
+
+def model_bytes(model: ModelConfig, weight_format: str, float_dtype: str = "bfloat16",
+                group_size: int = DEFAULT_INT4_GROUP) -> int:
+    """Bytes of all weights in `weight_format` (parameter count x bytes per parameter, scales included)."""
+    return sum(tensor_bytes(t, weight_format, float_dtype, group_size) for t in parameter_inventory(model))
+
+
+def workspace_bytes(model: ModelConfig, max_num_batched_tokens: int, max_num_seqs: int) -> int:
+    """A bound on the step's transient activations: float32 hidden/MLP/QKV buffers per token and the logits."""
+    per_token = 4 * (4 * model.hidden_size + 2 * model.intermediate_size
+                     + (model.num_heads + 2 * model.num_kv_heads) * model.head_dim)
+    return max_num_batched_tokens * per_token + max_num_seqs * model.vocab_size * 4 * 2
+
+
+def kv_pool_blocks(model: ModelConfig, kv_dtype: str, block_size: int, budget_bytes: float,
+                   max_blocks_per_seq: int | None = None, max_num_seqs: int | None = None) -> int:
+    """Pages (the reserved padding page included) that fit in `budget_bytes`.
+
+    With `max_num_seqs`, the pool is capped at what that many full-length sequences can use, since more pages
+    would only waste memory.
+    """
+    per_block = kv_bytes_per_token(model, kv_dtype) * block_size
+    blocks = int(budget_bytes // per_block)
+    if max_num_seqs is not None and max_blocks_per_seq is not None:
+        blocks = min(blocks, max_num_seqs * max_blocks_per_seq + 1)
+    return max(blocks, 0)
+
+
+def max_concurrency(num_blocks: int, max_model_len: int, block_size: int) -> int:
+    """Full-length sequences a pool holds at once: usable pages over pages per sequence."""
+    return max(num_blocks - 1, 0) // math.ceil(max_model_len / block_size)
+
+
+def local_kv_budget(memory_utilization: float = DEFAULT_MEMORY_UTILIZATION) -> int:
+    """KV bytes the engine may use on the local device: a fixed default on CPU; on an accelerator the fraction
+    `memory_utilization` of its memory minus what is already in use (the weights, once loaded)."""
+    import jax
+
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return CPU_DEFAULT_KV_CACHE_MEMORY
+    stats = device.memory_stats() or {}
+    limit, used = stats.get("bytes_limit"), stats.get("bytes_in_use", 0)
+    if not limit:
+        return CPU_DEFAULT_KV_CACHE_MEMORY
+    return max(0, math.floor(limit * memory_utilization) - used)
