@@ -33,6 +33,9 @@ class BlockManager:
         self.free_blocks: collections.OrderedDict[int, None] = collections.OrderedDict.fromkeys(range(1, num_blocks))
         self.ref_counts = [0] * num_blocks
         self.index = PrefixIndex(num_blocks)
+        self.num_evictions = 0  # named pages handed out for other tokens
+        self.num_page_copies = 0  # copy-on-writes
+        self.num_forks = 0
 
     @property
     def num_usable_blocks(self) -> int:
@@ -138,6 +141,7 @@ class BlockManager:
             self.ref_counts[src] -= 1
             seq.block_table[i] = dst
             copies.append((src, dst))
+            self.num_page_copies += 1
         total = seq.num_computed_tokens + num_new_tokens
         for _ in range(max(0, -(-total // self.block_size) - len(seq.block_table))):
             seq.block_table.append(self._pop_free())
@@ -149,6 +153,7 @@ class BlockManager:
         for block in parent.block_table:
             self.ref_counts[block] += 1
         child.block_table = list(parent.block_table)
+        self.num_forks += 1
         child.num_named_pages = parent.num_named_pages
         child.page_hashes = parent.page_hashes[:child.num_tokens // self.block_size]
 
@@ -160,7 +165,9 @@ class BlockManager:
     def _pop_free(self) -> int:
         block, _ = self.free_blocks.popitem(last=False)
         assert self.ref_counts[block] == 0, f"page {block} on the free list is in use"
-        self.index.evict(block)  # its old content is about to be overwritten
+        if self.index.is_cached(block):
+            self.index.evict(block)  # its old content is about to be overwritten
+            self.num_evictions += 1
         self.ref_counts[block] = 1
         return block
 

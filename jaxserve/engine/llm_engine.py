@@ -174,8 +174,10 @@ class LLMEngine:
             start += n
             seq.num_computed_tokens += n
             self.block_manager.cache_computed_pages(seq)  # written now: other requests may take them
+        self.scheduler.complete_forks(batch)  # before any parent can finish and free its pages
+        for row, seq in enumerate(batch.seqs):
             if result["sampled"][row]:
-                self._append_token(seq, state, row, result, now)
+                self._append_token(seq, self.requests[seq.request_id], row, result, now)
         for j, (_, child) in enumerate(batch.forks):  # siblings drew from their parent's logits
             self._append_token(child, self.requests[child.request_id], len(batch.seqs) + j, result, now)
         outputs = []

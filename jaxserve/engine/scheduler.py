@@ -84,9 +84,7 @@ class Scheduler:
         self._copies.extend(copies)
         if seq.forks and seq.num_computed_tokens + n == seq.num_tokens:
             at = self.running.index(seq) + 1
-            for child in seq.forks:
-                self.block_manager.fork(seq, child)
-                child.num_computed_tokens = seq.num_tokens
+            for child in seq.forks:  # they take their pages after the step (`complete_forks`)
                 child.status = SequenceStatus.RUNNING
                 self.running.insert(at, child)  # beside its parent: the same age for preemption
                 at += 1
@@ -129,6 +127,17 @@ class Scheduler:
             self._scheduled(seqs, counts, seq, n, copies)
             budget -= n
         return ScheduledBatch(seqs, counts, is_prefill=True) if seqs else None
+
+    def complete_forks(self, batch: ScheduledBatch) -> None:
+        """After the step that completed their parents' prompts: siblings share their parents' pages.
+
+        Not at scheduling time: the parent still writes its last page in that step, and a page is written only
+        while one sequence holds it.
+        """
+        for row, child in batch.forks:
+            parent = batch.seqs[row]
+            self.block_manager.fork(parent, child)
+            child.num_computed_tokens = parent.num_computed_tokens
 
     def _schedule_decode(self) -> ScheduledBatch | None:
         seqs, counts = [], []
