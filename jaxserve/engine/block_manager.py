@@ -77,6 +77,21 @@ class BlockManager:
             hits.append(block)
         return hits
 
+    def names_completed(self, seq: Sequence, num_new_tokens: int) -> list[bytes]:
+        """Names of the pages `seq` fills by computing `num_new_tokens` more tokens (none when caching is off)."""
+        if not self.enable_caching:
+            return []
+        first = seq.num_computed_tokens // self.block_size
+        last = (seq.num_computed_tokens + num_new_tokens) // self.block_size
+        return update_page_hashes(seq, self.block_size)[first:last]
+
+    def next_page_in(self, seq: Sequence, cached: list[int], names: set[bytes]) -> bool:
+        """True if the page after `seq`'s cached run could be a hit and is named in `names` (being written now)."""
+        i = len(cached)
+        if not names or not self.uses_cache(seq) or i >= (seq.num_tokens - 1) // self.block_size:
+            return False
+        return update_page_hashes(seq, self.block_size)[i] in names
+
     def cache_computed_pages(self, seq: Sequence) -> None:
         """Name `seq`'s pages that are full and computed. Call after the step that wrote them, never before.
 

@@ -5,7 +5,8 @@ prefilled, every running sequence decodes one token. When pages run out, the new
 its pages are freed and it goes back to the front of the waiting queue, to be recomputed later. No request is lost.
 
 A waiting sequence first takes the longest cached run of its prefix's pages (prefix caching) and prefills only the
-rest. A request with n > 1 samples is admitted as one sequence (with room reserved for all samples); in the step
+rest; if the page after that run is being written by another sequence in this very step, it waits one step rather
+than compute the same page again (pages become hits only once written). A request with n > 1 samples is admitted as one sequence (with room reserved for all samples); in the step
 that completes its prompt the siblings are forked: they share its pages and sample from the same logits.
 """
 
@@ -54,6 +55,7 @@ class Scheduler:
         self._preempted_this_step = False
         self._forks: list[tuple[int, Sequence]] = []
         self._copies: list[CopyPair] = []
+        self._names_written: set[bytes] = set()  # prefix-cache names of the pages this step fills
 
     def add(self, seq: Sequence) -> None:
         """Queue a new sequence (FCFS); its `forks` join the running set when its prompt is prefilled."""
@@ -68,7 +70,7 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch | None:
         """The next step's batch, or None when there is nothing to do."""
         self._preempted_this_step = False
-        self._forks, self._copies = [], []
+        self._forks, self._copies, self._names_written = [], [], set()
         batch = self._schedule_prefill() or self._schedule_decode()
         if batch is not None:
             batch.forks, batch.copies = self._forks, self._copies
@@ -82,6 +84,7 @@ class Scheduler:
                    copies: list[CopyPair]) -> None:
         """Record `seq` with `n` tokens in the step; fork its siblings if this step completes its prompt."""
         self._copies.extend(copies)
+        self._names_written.update(self.block_manager.names_completed(seq, n))
         if seq.forks and seq.num_computed_tokens + n == seq.num_tokens:
             at = self.running.index(seq) + 1
             for child in seq.forks:  # they take their pages after the step (`complete_forks`)
@@ -113,6 +116,8 @@ class Scheduler:
             if self._num_seq_slots() + 1 + len(seq.forks) > self.config.max_num_seqs:
                 break
             cached = self.block_manager.lookup(seq)
+            if self.block_manager.next_page_in(seq, cached, self._names_written):
+                break  # its next page is being written in this step: wait one step and take it from the cache
             n = min(seq.num_tokens - len(cached) * self.block_manager.block_size, budget)
             if not self.block_manager.can_allocate(seq, n, cached):
                 break

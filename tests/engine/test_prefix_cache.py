@@ -106,11 +106,15 @@ def test_pages_being_written_in_a_step_are_not_hits_for_that_step(llm):
     prompt = tokens(1400, 40)
     params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
     with caching(engine, True):
-        outs = llm.generate([{"prompt_token_ids": prompt}] * 2, params, use_tqdm=False)  # admitted together
-        assert [o.num_cached_tokens for o in outs] == [0, 0]
-        later = llm.generate({"prompt_token_ids": prompt}, params, use_tqdm=False)[0]
-    assert later.num_cached_tokens == 32
-    assert _ids(outs) == _ids([later]) * 2
+        for i in range(3):
+            engine.add_request(f"same-{i}", prompt, params)
+        engine.step()  # the first computes the prompt; the others wait for its pages rather than compute them too
+        assert [s.num_computed_tokens for i in range(3) for s in engine.requests[f"same-{i}"].seqs] == [40, 0, 0]
+        engine.step()
+        assert [s.num_computed_tokens for i in range(3) for s in engine.requests[f"same-{i}"].seqs] == [40, 40, 40]
+        outs = run_to_completion(engine)
+    assert [outs[f"same-{i}"].num_cached_tokens for i in range(3)] == [0, 32, 32]
+    assert _ids(outs.values()) == [outs["same-0"].outputs[0].token_ids] * 3
 
 
 def test_prompt_logprobs_requests_compute_the_whole_prompt(llm):
