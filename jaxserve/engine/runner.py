@@ -103,8 +103,10 @@ class ModelRunner:
 
     def execute(self, batch: ScheduledBatch, variant: str, want_prompt_logprobs: bool = False) -> dict[str, Any]:
         """Run one step; returns numpy `tokens`, `logprob` (and top logprobs / prompt logprobs when asked)."""
-        num_tokens = pick_bucket(self.token_buckets, batch.num_tokens)
-        num_rows = pick_bucket(self.row_buckets, len(batch.seqs) + len(batch.forks))
+        sample_rows = len(batch.seqs) + len(batch.forks)
+        # Forked samples add rows without tokens; a token bucket at least as large keeps to the warmed-up shapes.
+        num_tokens = pick_bucket(self.token_buckets, max(batch.num_tokens, sample_rows))
+        num_rows = pick_bucket(self.row_buckets, sample_rows)
         inputs = self._inputs(batch, num_tokens, num_rows, variant)
         if want_prompt_logprobs:
             inputs.prompt_targets = _next_tokens(batch, num_tokens)

@@ -249,3 +249,13 @@ def test_caching_can_be_turned_off(tiny_model):
     outs = [off.generate(prompt, SamplingParams(max_tokens=2), use_tqdm=False)[0] for _ in range(2)]
     assert [o.num_cached_tokens for o in outs] == [0, 0]
     assert off.engine.stats()["prefix_cache_queries"] == 0 and off.engine.block_manager.num_cached_blocks == 0
+
+
+def test_many_samples_of_a_short_prompt_stay_in_the_warmed_up_shapes(llm):
+    compiles = llm.engine.stats()["num_compiles_after_warmup"]
+    out = llm.generate({"prompt_token_ids": tokens(2100, 5)},
+                       SamplingParams(n=20, temperature=1.0, seed=9, max_tokens=6, ignore_eos=True), use_tqdm=False)[0]
+    assert sorted(c.index for c in out.outputs) == list(range(20)) and all(len(c.token_ids) == 6 for c in out.outputs)
+    assert llm.engine.stats()["num_compiles_after_warmup"] == compiles
+    with pytest.raises(ValueError, match="max_num_seqs"):
+        llm.engine.add_request("too-many", tokens(2101, 5), SamplingParams(n=33))
