@@ -95,8 +95,8 @@ class BlockManager:
     def cache_computed_pages(self, seq: Sequence) -> None:
         """Name `seq`'s pages that are full and computed. Call after the step that wrote them, never before.
 
-        Naming only written pages is what keeps a request admitted in the same step as another with the same
-        prefix from reading pages still being written: it computes its own copy instead.
+        Naming only written pages is what keeps a request from being handed a page whose K/V is still being
+        computed (by another request in the same step, or by a chunked prefill that has not reached it yet).
         """
         if not self.enable_caching:
             return
