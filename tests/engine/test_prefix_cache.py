@@ -259,3 +259,28 @@ def test_many_samples_of_a_short_prompt_stay_in_the_warmed_up_shapes(llm):
     assert llm.engine.stats()["num_compiles_after_warmup"] == compiles
     with pytest.raises(ValueError, match="max_num_seqs"):
         llm.engine.add_request("too-many", tokens(2101, 5), SamplingParams(n=33))
+
+
+@pytest.mark.slow
+def test_default_model_chat_turns_are_identical_with_and_without_caching(default_llm):
+    """The real model and its chat template: history re-rendered each turn, replies re-encoded from text."""
+    system = {"role": "system", "content": "You are a terse assistant. " * 20}
+    params = SamplingParams(temperature=0, max_tokens=16)
+
+    def conversation():
+        convs = [[system, {"role": "user", "content": q}] for q in ("Name a colour.", "Name a city.")]
+        texts, cached = [], []
+        for follow_up in ("Why?", "Another one?"):
+            outs = default_llm.chat(convs, params, use_tqdm=False)
+            texts += [o.outputs[0].text for o in outs]
+            cached += [o.num_cached_tokens for o in outs]
+            for conv, out in zip(convs, outs):
+                conv += [{"role": "assistant", "content": out.outputs[0].text}, {"role": "user", "content": follow_up}]
+        return texts, cached
+
+    with caching(default_llm.engine, False):
+        expected, none = conversation()
+    with caching(default_llm.engine, True):
+        got, cached = conversation()
+    assert got == expected and not any(none)
+    assert cached[1] > 0 and all(c > 0 for c in cached[2:]), cached
