@@ -202,7 +202,7 @@ OPS = st.lists(st.one_of(
 ), min_size=1, max_size=60)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=OPS, num_blocks=st.integers(4, 24), block_size=st.sampled_from([2, 4, 8]),
        max_num_seqs=st.integers(1, 6), budget=st.sampled_from([8, 16, 32]))
 def test_random_workloads_keep_the_pool_and_the_kv_exact(ops, num_blocks, block_size, max_num_seqs, budget):
