@@ -30,7 +30,8 @@ class LLMEngine:
         self.config = config
         self.tokenizer = tokenizer
         self.runner = ModelRunner(config, params, num_blocks)
-        self.block_manager = BlockManager(num_blocks, config.cache.block_size)
+        self.block_manager = BlockManager(num_blocks, config.cache.block_size,
+                                          enable_caching=config.cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.block_manager)
         self.requests: dict[str, RequestState] = {}
         self._rng = np.random.default_rng(config.seed)
@@ -62,6 +63,9 @@ class LLMEngine:
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         params = params or SamplingParams()
+        if params.n > self.config.scheduler.max_num_seqs:
+            raise ValueError(f"n={params.n} samples exceed max_num_seqs={self.config.scheduler.max_num_seqs}: the "
+                             f"samples of a request run together")
         text, ids = self._prompt_ids(prompt)
         self._check_length(len(ids), params)
         arrival = time.monotonic() if arrival_time is None else arrival_time
@@ -69,9 +73,9 @@ class LLMEngine:
         seqs = [Sequence(request_id, ids, params, i, base_seed, arrival) for i in range(params.n)]
         for seq in seqs:
             seq.cache_salt = cache_salt
+        seqs[0].forks = seqs[1:]  # one prefill; the other samples share its pages (Scheduler forks them)
         self.requests[request_id] = RequestState(request_id, text, ids, params, seqs, self.tokenizer, arrival)
-        for seq in seqs:
-            self.scheduler.add(seq)
+        self.scheduler.add(seqs[0])
 
     def _prompt_ids(self, prompt: Prompt) -> tuple[str | None, list[int]]:
         if isinstance(prompt, dict):
@@ -169,14 +173,13 @@ class LLMEngine:
                 self._record_prompt_logprobs(state, seq, n, start, result["prompt"])
             start += n
             seq.num_computed_tokens += n
-            if not result["sampled"][row]:
-                continue
-            token = int(result["tokens"][row])
-            seq.token_ids.append(token)
-            self._record_logprobs(seq, row, token, result)
-            if state.metrics.first_token_time is None:
-                state.metrics.first_token_time = now
-            self._check_stop(seq, state, token)
+            self.block_manager.cache_computed_pages(seq)  # written now: other requests may take them
+        self.scheduler.complete_forks(batch)  # before any parent can finish and free its pages
+        for row, seq in enumerate(batch.seqs):
+            if result["sampled"][row]:
+                self._append_token(seq, self.requests[seq.request_id], row, result, now)
+        for j, (_, child) in enumerate(batch.forks):  # siblings drew from their parent's logits
+            self._append_token(child, self.requests[child.request_id], len(batch.seqs) + j, result, now)
         outputs = []
         for request_id, state in touched.items():
             outputs.append(state.to_output())
@@ -185,6 +188,15 @@ class LLMEngine:
                 outputs[-1].metrics = state.metrics
                 del self.requests[request_id]
         return outputs
+
+    def _append_token(self, seq: Sequence, state: RequestState, row: int, result: dict[str, Any],
+                      now: float) -> None:
+        token = int(result["tokens"][row])
+        seq.token_ids.append(token)
+        self._record_logprobs(seq, row, token, result)
+        if state.metrics.first_token_time is None:
+            state.metrics.first_token_time = now
+        self._check_stop(seq, state, token)
 
     def _record_logprobs(self, seq: Sequence, row: int, token: int, result: dict[str, Any]) -> None:
         if seq.params.logprobs is None:
@@ -234,6 +246,10 @@ class LLMEngine:
 
     # -- introspection -------------------------------------------------------------------------------------------
 
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix page (pages in use are unaffected)."""
+        self.block_manager.reset_prefix_cache()
+
     def stats(self) -> dict[str, Any]:
         """Queue lengths, KV usage and counters (for logs and metrics)."""
         return {
@@ -242,6 +258,9 @@ class LLMEngine:
             "kv_cache_usage": self.block_manager.usage,
             "num_free_blocks": self.block_manager.num_free_blocks,
             "num_preemptions": self.scheduler.num_preemptions,
+            "prefix_cache_queries": self.scheduler.prefix_cache_queries,
+            "prefix_cache_hits": self.scheduler.prefix_cache_hits,
+            "num_cached_blocks": self.block_manager.num_cached_blocks,
             "num_compiles_after_warmup": self.runner.num_compiles_after_warmup,
             "num_steps": self.num_steps,
             "step_time_s": dict(self.step_time),

@@ -97,4 +97,4 @@ class RequestState:
                 stop_reason=seq.stop_reason,
             ))
         return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids, self.prompt_logprobs, outputs,
-                             self.finished, self.metrics)
+                             self.finished, self.metrics, num_cached_tokens=self.seqs[0].num_cached_tokens)

@@ -22,6 +22,7 @@ from jaxserve.attention.metadata import AttentionMetadata
 from jaxserve.attention.xla import context_chunk_blocks
 from jaxserve.config import EngineConfig
 from jaxserve.engine.buckets import pick_bucket, power_of_two_buckets
+from jaxserve.engine.page_copy import copy_pages
 from jaxserve.engine.sampler import VARIANTS, SamplingTensors, sample
 from jaxserve.engine.scheduler import ScheduledBatch
 from jaxserve.engine.step_inputs import StepInputs, build_step_inputs
@@ -58,6 +59,7 @@ class ModelRunner:
         self._select_rows = jax.jit(lambda hidden, indices: hidden[indices])
         self._sample_step = jax.jit(_logits_and_sample, static_argnames=("variant",))
         self._prompt_logprobs_step = jax.jit(_prompt_logprobs)
+        self._copy_pages = jax.jit(copy_pages, donate_argnames=("cache",))
 
     # -- compilation bookkeeping ---------------------------------------------------------------------------------
 
@@ -85,6 +87,9 @@ class ModelRunner:
             inputs = self._inputs(ScheduledBatch([], [], is_prefill=False), num_tokens, num_rows, variant)
             inputs.prompt_targets = np.zeros(num_tokens, np.int32)
             jax.device_get(self._launch(inputs, variant, prompt_logprobs))
+        self._note_shape(("copy",))
+        self.cache = self._copy_pages(self.cache, jnp.zeros((self.config.scheduler.max_num_seqs, 2), jnp.int32))
+        jax.block_until_ready(self.cache)
         self.warmed_up = True
         return time.perf_counter() - start
 
@@ -98,8 +103,11 @@ class ModelRunner:
 
     def execute(self, batch: ScheduledBatch, variant: str, want_prompt_logprobs: bool = False) -> dict[str, Any]:
         """Run one step; returns numpy `tokens`, `logprob` (and top logprobs / prompt logprobs when asked)."""
-        num_tokens = pick_bucket(self.token_buckets, batch.num_tokens)
-        inputs = self._inputs(batch, num_tokens, pick_bucket(self.row_buckets, len(batch.seqs)), variant)
+        sample_rows = len(batch.seqs) + len(batch.forks)
+        # Forked samples add rows without tokens; a token bucket at least as large keeps to the warmed-up shapes.
+        num_tokens = pick_bucket(self.token_buckets, max(batch.num_tokens, sample_rows))
+        num_rows = pick_bucket(self.row_buckets, sample_rows)
+        inputs = self._inputs(batch, num_tokens, num_rows, variant)
         if want_prompt_logprobs:
             inputs.prompt_targets = _next_tokens(batch, num_tokens)
         result = jax.device_get(self._launch(inputs, variant, want_prompt_logprobs))
@@ -113,9 +121,12 @@ class ModelRunner:
             self._note_shape(key)
         meta = AttentionMetadata(inputs.slot_mapping, inputs.block_tables, inputs.seq_lens, inputs.query_start_loc)
         targets = inputs.prompt_targets if want_prompt_logprobs else None
-        tokens, positions, meta, indices, tensors, targets = jax.device_put((
+        tokens, positions, meta, indices, tensors, targets, page_copies = jax.device_put((
             inputs.tokens, inputs.positions, meta, inputs.logits_indices, SamplingTensors(**inputs.sampling),
-            targets))
+            targets, inputs.page_copies))
+        if page_copies is not None:  # copy-on-write: shared pages this step writes are copied first
+            self._note_shape(("copy",))
+            self.cache = self._copy_pages(self.cache, page_copies)
         hidden, self.cache = self._model_step(self.params, tokens=tokens, positions=positions, cache=self.cache,
                                               meta=meta)
         # Select the sampling rows first, so the sampler compiles per row bucket only.

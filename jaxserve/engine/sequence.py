@@ -24,7 +24,12 @@ class Sequence:
 
     A step processes tokens `[num_computed_tokens, num_computed_tokens + n)`; once every token is computed the
     step samples the next one. Decode is the case `n == 1`. Preemption frees the pages and resets
-    `num_computed_tokens`, so the sequence is recomputed from its tokens when it runs again.
+    `num_computed_tokens`, so the sequence is recomputed from its tokens when it runs again (cached pages of its
+    prefix, its own included, are taken back rather than recomputed).
+
+    The samples of a request with `n > 1` start as one sequence carrying the others in `forks`: the prompt is
+    prefilled once, and in the step that completes it the siblings take shares of its pages and draw their first
+    tokens from the same logits.
     """
 
     def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
@@ -46,6 +51,10 @@ class Sequence:
         self.cumulative_logprob = 0.0
         self.num_preemptions = 0
         self.cache_salt: str | None = None  # prefix-cache namespace (see LLMEngine.add_request)
+        self.page_hashes: list[bytes] = []  # names of the full pages of token_ids (prefix_cache.update_page_hashes)
+        self.num_named_pages = 0  # leading pages of block_table already in the prefix-cache index
+        self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at the first admission
+        self.forks: list[Sequence] = []  # sibling samples that will share this sequence's pages once it is prefilled
 
     @property
     def num_tokens(self) -> int:

@@ -24,14 +24,18 @@ class StepInputs:
     query_start_loc: np.ndarray
     logits_indices: np.ndarray
     sampling: dict[str, np.ndarray]
-    sampled: list[bool]  # which batch rows draw a token this step (prompt fully computed)
+    sampled: list[bool]  # which sampling rows draw a token this step (prompt fully computed); forks follow seqs
     prompt_targets: np.ndarray | None = None  # next prompt token per packed token, when prompt logprobs are asked
+    page_copies: np.ndarray | None = None  # [max_num_seqs, 2] (source, destination) pages, (0, 0) padded
 
 
 def build_step_inputs(batch: ScheduledBatch, *, num_token_slots: int, num_rows: int, max_num_seqs: int,
                       table_width: int, block_size: int, full_sampler: bool, max_model_len: int,
                       eos_token_ids: tuple[int, ...]) -> StepInputs:
-    """Pack the batch's new tokens into `num_token_slots` and its sequences into `num_rows` sampling rows."""
+    """Pack the batch's new tokens into `num_token_slots` and its sequences into `num_rows` sampling rows.
+
+    Sampling rows are the batch's sequences, then its forked siblings, each reading its parent's last hidden row.
+    """
     tokens = np.zeros(num_token_slots, np.int32)
     positions = np.zeros(num_token_slots, np.int32)
     # Padding tokens write into the reserved page 0, one slot each, so they never touch a real page.
@@ -54,9 +58,17 @@ def build_step_inputs(batch: ScheduledBatch, *, num_token_slots: int, num_rows: 
         start += n
         logits_indices[row] = start - 1
     sampled = [seq.num_computed_tokens + n == seq.num_tokens for seq, n in zip(batch.seqs, batch.num_new_tokens)]
-    sampling = build_sampling_rows(batch.seqs, num_rows, full_sampler, max_model_len, eos_token_ids)
+    for j, (parent_row, _) in enumerate(batch.forks):
+        logits_indices[len(batch.seqs) + j] = logits_indices[parent_row]
+    sampled += [True] * len(batch.forks)
+    rows = batch.seqs + [child for _, child in batch.forks]
+    sampling = build_sampling_rows(rows, num_rows, full_sampler, max_model_len, eos_token_ids)
+    page_copies = None
+    if batch.copies:
+        page_copies = np.zeros((max_num_seqs, 2), np.int32)  # (0, 0) copies the reserved page onto itself
+        page_copies[:len(batch.copies)] = batch.copies
     return StepInputs(tokens, positions, slot_mapping, block_tables, seq_lens, query_start_loc, logits_indices,
-                      sampling, sampled)
+                      sampling, sampled, page_copies=page_copies)
 
 
 def build_sampling_rows(seqs: list[Sequence], num_rows: int, full: bool, max_model_len: int,
