@@ -1,10 +1,11 @@
 """Quantizers (host numpy, run once at load or conversion) and the exact dequantization they invert.
 
 - int8: symmetric, `s = absmax / 127`, q in [-127, 127]; per output channel by default, group-wise on request.
-- int4: symmetric group-wise in the style of llama.cpp's Q4_0: `s = w* / -8` where `w*` is the group's value of
-  largest magnitude, q in [-8, 7]. Using the -8 level gives 16 levels instead of 15 (lower RMS error than
-  `absmax / 7`); the price is that values of the opposite sign beyond `7|s|` are clipped, so the worst-case error
-  is `|s| = absmax / 8` (otherwise `|s| / 2`).
+- int4: asymmetric group-wise in the style of llama.cpp's Q4_1: `w ~= q * s + o` with `o = min`, `s = (max -
+  min) / 15`, q in [0, 15] (uint8 nibbles), float16 scales and offsets. The error is at most `s / 2` (plus float16
+  rounding of `s` and `o`). A symmetric int4 grid (`absmax / 7` or Q4_0's `w* / -8`) wastes levels on
+  one-signed groups and, measured on the default model (whose weights are Q4_1), raised perplexity by 36% where
+  the asymmetric grid stays within a few percent.
 """
 
 from __future__ import annotations
@@ -54,22 +55,26 @@ def quantize(w: np.ndarray, bits: int, group_size: int | None = None, *, out_fir
     per_channel = group_size == k
     scale_dtype = np.float32 if per_channel else np.float16
     if bits == 8:
-        scales = np.abs(grouped).max(axis=-1) / 127.0
-        low, high = -127, 127
+        scales = (np.abs(grouped).max(axis=-1) / 127.0).astype(scale_dtype)
+        offsets = None
+        low, high, qtype = -127, 127, np.int8
     else:
-        idx = np.abs(grouped).argmax(axis=-1)[..., None]
-        scales = np.take_along_axis(grouped, idx, axis=-1)[..., 0] / -8.0
-        low, high = -8, 7
-    scales = scales.astype(scale_dtype)
+        offsets = grouped.min(axis=-1).astype(scale_dtype)
+        scales = ((grouped.max(axis=-1) - offsets.astype(np.float32)) / 15.0).astype(scale_dtype)
+        grouped = grouped - offsets.astype(np.float32)[..., None]
+        low, high, qtype = 0, 15, np.uint8
+    # Round with the scales as stored (float16 for groups), so dequantization inverts exactly what was rounded.
     divisor = scales.astype(np.float32)[..., None]
     safe = np.where(divisor == 0, 1.0, divisor)
-    q = np.clip(np.rint(grouped / safe), low, high).astype(np.int8).reshape(w.shape)
+    q = np.clip(np.rint(grouped / safe), low, high).astype(qtype).reshape(w.shape)
     if not out_first:
         q, scales = np.swapaxes(q, -1, -2), np.swapaxes(scales, -1, -2)
+        offsets = None if offsets is None else np.swapaxes(offsets, -1, -2)
     out_axis = -2 if out_first else -1
     values = pack_nibbles(q, out_axis) if bits == 4 else q
-    return QuantizedTensor(np.ascontiguousarray(values), np.ascontiguousarray(scales), None, bits, group_size,
-                           out_first, dtype)
+    return QuantizedTensor(np.ascontiguousarray(values), np.ascontiguousarray(scales),
+                           None if offsets is None else np.ascontiguousarray(offsets), bits, group_size, out_first,
+                           dtype)
 
 
 def pack_nibbles(q: np.ndarray, out_axis: int) -> np.ndarray:
