@@ -103,7 +103,10 @@ def main() -> int:
     from jaxserve import LLM
     from jaxserve.checkpoint import convert, default_model_path
 
-    engine_kw = dict(max_model_len=1024, max_num_seqs=32, max_num_batched_tokens=512, compile_all_buckets=False,
+    # Prompts are prefilled in chunks of 64 tokens, so every chunk after the first reads its context back from the
+    # KV pages: otherwise a 512-token window would attend only to its own (unquantized) K/V and int8 KV pages would
+    # never show in the perplexity.
+    engine_kw = dict(max_model_len=1024, max_num_seqs=32, max_num_batched_tokens=64, compile_all_buckets=False,
                      progress=False)
     text = (HERE / "data" / "public_domain.txt").read_text()
     rows, reference = [], None
