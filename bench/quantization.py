@@ -8,7 +8,9 @@ For each configuration, in one run:
     Shelley) from `prompt_logprobs`, in windows of --window tokens;
   - greedy agreement with float32: 64 greedy tokens for each of --num-prompts prompts, the fraction of positions
     that match float32's tokens and the mean length of the matching prefix;
-  - decode tokens/s at batch 1 and 32 (engine decode-step time: device step plus its one transfer each way).
+  - decode tokens/s at batch 1 and 32 (engine decode-step time: device step plus its one transfer each way);
+  - median decode-step ms at batch 1 and 32 (context 128), measured interleaved across configurations in one
+    process at the end (--rounds), the fairer speed comparison on a shared machine.
 
 `int4` quantizes the default GGUF directly: its Q4_1 layers load bit-exactly as int4/g32 with offsets, and its Q8_0
 embedding is requantized to int4/g32. `int4-requant` instead converts the model to a float32 native checkpoint
@@ -91,12 +93,59 @@ def agreement(ours: list[list[int]], ref: list[list[int]]) -> tuple[float, float
     return float(np.mean(same)), float(np.mean(prefix))
 
 
+def step_times(names: list[str], rounds: int, context: int = 128) -> dict[str, dict[str, float]]:
+    """Median decode-step ms at batch 1 and 32 per configuration, measured interleaved (one step of each
+    configuration per round), so load from other processes on a shared machine hits every configuration alike."""
+    import statistics
+
+    from jaxserve.checkpoint import default_model_path, load_checkpoint
+    from jaxserve.config import CacheConfig, EngineConfig, SchedulerConfig
+    from jaxserve.engine.engine_args import EngineArgs, quant_config
+    from jaxserve.engine.runner import ModelRunner
+    from jaxserve.engine.scheduler import ScheduledBatch
+    from jaxserve.engine.sequence import Sequence
+    from jaxserve.sampling_params import SamplingParams
+
+    pages_per_seq = -(-(context + 1) // 16)
+    runners, batches = {}, {}
+    for name in names:
+        args = EngineArgs(**CONFIGS[name])
+        loaded = load_checkpoint(default_model_path(), dtype=args.dtype, progress=False,
+                                 quantization=quant_config(args))
+        config = EngineConfig(model=loaded.config, cache=CacheConfig(kv_cache_dtype=args.kv_cache_dtype),
+                              scheduler=SchedulerConfig(max_model_len=1024, max_num_seqs=32,
+                                                        max_num_batched_tokens=64),
+                              dtype=args.dtype, compile_all_buckets=False)
+        runners[name] = ModelRunner(config, jax.device_put(loaded.params), 32 * pages_per_seq + 1)
+    for size in (1, 32):
+        seqs = []
+        for i in range(size):
+            seq = Sequence(str(i), [1] * (context + 1), SamplingParams(temperature=0), 0, 0, 0.0)
+            seq.block_table = list(range(1 + i * pages_per_seq, 1 + (i + 1) * pages_per_seq))
+            seq.num_computed_tokens = context
+            seqs.append(seq)
+        batches[size] = ScheduledBatch(seqs, [1] * size, is_prefill=False)
+    samples: dict[tuple[str, int], list[float]] = {}
+    for name, runner in runners.items():
+        for size, batch in batches.items():
+            runner.execute(batch, "greedy")  # compile
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            for size, batch in batches.items():
+                start = time.perf_counter()
+                runner.execute(batch, "greedy")
+                samples.setdefault((name, size), []).append(1000 * (time.perf_counter() - start))
+    return {name: {f"step_ms_b{size}": statistics.median(samples[(name, size)]) for size in batches}
+            for name in names}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="float32,bfloat16,int8,int4,int8-kv,int4-requant")
     parser.add_argument("--num-prompts", type=int, default=20)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--window", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved decode-step timing rounds (0: skip)")
     parser.add_argument("--out", default=str(HERE / "results" / "quantization.json"))
     args = parser.parse_args()
 
@@ -141,18 +190,24 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
         del llm
+    if args.rounds:
+        steps = step_times([r["config"] for r in rows if r["config"] != "int4-requant"], args.rounds)
+        for row in rows:
+            row.update(steps.get(row["config"], {}))
+            print(row["config"], steps.get(row["config"]), flush=True)
     base = rows[0]
     for row in rows:
         row["ppl_increase_pct"] = 100 * (row["perplexity"] / base["perplexity"] - 1)
         row["weights_vs_bf16"] = row["weights_bytes"] / next(
             (r["weights_bytes"] for r in rows if r["config"] == "bfloat16"), 2 * base["weights_bytes"] / 4)
     print(f"\n| config | weights MiB | x bf16 | KV B/token | ppl | ppl +% | greedy agree | prefix | b1 tok/s | "
-          f"b32 tok/s |\n|---|---|---|---|---|---|---|---|---|---|")
+          f"b32 tok/s | step ms b1 | step ms b32 |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        steps = " | ".join(f"{r[k]:.1f}" if k in r else "-" for k in ("step_ms_b1", "step_ms_b32"))
         print(f"| {r['config']} | {r['weights_bytes'] / 2**20:.1f} | {r['weights_vs_bf16']:.3f} | "
               f"{r['kv_bytes_per_token']} | {r['perplexity']:.3f} | {r['ppl_increase_pct']:+.2f} | "
               f"{r['greedy_agreement']:.3f} | {r['greedy_prefix']:.1f} | {r['decode_tok_s_b1']:.1f} | "
-              f"{r['decode_tok_s_b32']:.1f} |")
+              f"{r['decode_tok_s_b32']:.1f} | {steps} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                           "machine": platform.platform(), "cpus": os.cpu_count(),

@@ -9,6 +9,7 @@ import pytest
 
 from jaxserve.model.layers import embed_lookup, linear
 from jaxserve.quant import FLOAT32_MAX_ROWS, dequantize, quantize, quantized_lookup, quantized_matmul
+from jaxserve.quant.matmul import OUT_CHUNK
 
 FORMATS = [(8, None), (8, 32), (4, 32), (4, 64)]
 
@@ -74,3 +75,20 @@ def test_lookup_returns_dequantized_rows(bits, group):
     np.testing.assert_allclose(np.asarray(rows, np.float32), expected, rtol=2 ** -8, atol=1e-6)
     with pytest.raises(ValueError, match="out-first"):
         quantized_lookup(jax.tree.map(jnp.asarray, quantize(table, 8)), ids)
+
+
+@pytest.mark.parametrize("bits,group", [(8, None), (8, 32), (4, 32)])
+@pytest.mark.parametrize("out_first", [False, True])
+def test_wide_weights_run_in_output_chunks_with_the_same_result(bits, group, out_first):
+    """A weight wider than OUT_CHUNK packed channels (an LM head) loops over slices; the halves of int4 and the
+    order of the slices must come out in place."""
+    rng = np.random.default_rng(5)
+    k, n = 64, 4 * OUT_CHUNK
+    w = rng.standard_normal((n, k) if out_first else (k, n)).astype(np.float32)
+    qt = jax.tree.map(jnp.asarray, quantize(w, bits, group, out_first=out_first))
+    assert qt.values.shape[qt.out_axis] > OUT_CHUNK
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    deq = np.asarray(dequantize(qt))
+    ref = x @ (deq.T if out_first else deq)
+    np.testing.assert_allclose(np.asarray(jax.jit(quantized_matmul)(jnp.asarray(x), qt)), ref, rtol=1e-5,
+                               atol=1e-4 * np.abs(ref).max())
