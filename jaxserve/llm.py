@@ -19,7 +19,8 @@ class LLM:
 
     `LLM()` serves the default model (SmolLM2-135M-Instruct, installed by `make install`). Keyword arguments are
     those of `EngineArgs`: dtype, max_model_len, max_num_seqs, max_num_batched_tokens, block_size, kv_cache_memory,
-    num_kv_blocks, skip_tokenizer_init, seed, ...
+    num_kv_blocks, kv_cache_dtype ("int8" for int8 KV pages), quantization ("int8" | "int4"),
+    quantization_group_size, quantize_embedding, skip_tokenizer_init, seed, ...
     """
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:

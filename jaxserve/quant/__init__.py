@@ -6,6 +6,6 @@ from .matmul import FLOAT32_MAX_ROWS, quantized_lookup, quantized_matmul
 from .quantize import SCHEMES, dequantize, pack_nibbles, quantize, unpack_halves
 from .tensor import QuantizedTensor, is_quantized, param_nbytes
 
-__all__ = ["DEFAULT_INT4_GROUP_SIZE", "FLOAT32_MAX_ROWS", "QuantConfig", "QuantizedTensor", "SCHEMES", "dequantize", "is_quantized",
-           "pack_nibbles", "param_nbytes", "quantize", "quantize_params", "quantized_lookup", "quantized_matmul",
+__all__ = ["DEFAULT_INT4_GROUP_SIZE", "FLOAT32_MAX_ROWS", "QuantConfig", "QuantizedTensor", "SCHEMES", "dequantize",
+           "is_quantized", "pack_nibbles", "param_nbytes", "quantize", "quantize_params", "quantized_lookup", "quantized_matmul",
            "unpack_halves"]
