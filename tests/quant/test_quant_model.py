@@ -36,7 +36,7 @@ def tiny(tiny_checkpoint):
 
 
 @pytest.mark.parametrize("config,tolerance", [(QuantConfig("int8"), 0.05), (QuantConfig("int4", 32), 0.45),
-                                              (QuantConfig("int4", 64), 0.5)])
+                                              pytest.param(QuantConfig("int4", 64), 0.5, marks=pytest.mark.slow)])
 def test_quantized_logits_are_close_to_float32(tiny, config, tolerance):
     path, loaded, ref = tiny
     quantized = load_checkpoint(path, progress=False, quantization=config)
