@@ -12,7 +12,7 @@ from typing import Any
 from jaxserve.engine.engine_args import EngineArgs
 from jaxserve.sampling_params import SamplingParams
 
-_BOOL_DEFAULT_TRUE = {"compile_all_buckets", "progress", "enable_prefix_caching"}
+_BOOL_DEFAULT_TRUE = {"compile_all_buckets", "progress", "enable_prefix_caching", "quantize_embedding"}
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +74,13 @@ def _serve(ns: argparse.Namespace) -> int:
 def _convert(ns: argparse.Namespace) -> int:
     from jaxserve.checkpoint.convert import convert
 
-    convert(ns.src, ns.dst, dtype=ns.dtype, progress=not ns.no_progress)
+    from jaxserve.quant import QuantConfig
+
+    if ns.quantization is None and ns.quantization_group_size is not None:
+        raise ValueError("--quantization-group-size needs --quantization int8 or int4")
+    quant = None if ns.quantization is None else QuantConfig(ns.quantization, ns.quantization_group_size,
+                                                             ns.quantize_embedding)
+    convert(ns.src, ns.dst, dtype=ns.dtype, progress=not ns.no_progress, quantization=quant)
     print(f"wrote {ns.dst}")
     return 0
 
@@ -110,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("dst")
     conv.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     conv.add_argument("--no-progress", action="store_true")
+    conv.add_argument("--quantization", default=None, help="int8 (per output channel) or int4 (group-wise): save "
+                      "quantized weights, which load without a float copy")
+    conv.add_argument("--quantization-group-size", type=int, default=None, help="int4: 32 (default), 64 or 128")
+    conv.add_argument("--no-quantize-embedding", dest="quantize_embedding", action="store_false",
+                      help="keep the embedding (and a tied LM head) in float")
     conv.set_defaults(func=_convert)
 
     from jaxserve.planner.cli import add_plan_args, run_plan

@@ -12,6 +12,8 @@ from typing import Any
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
 SUPPORTED_DTYPES = ("auto", "float32", "bfloat16")
+SUPPORTED_KV_CACHE_DTYPES = SUPPORTED_DTYPES + ("int8",)  # int8: per-token, per-head scales (kv_cache.py)
+SUPPORTED_QUANTIZATION = ("int8", "int4")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +160,9 @@ class CacheConfig:
             raise ValueError(f"kv_cache_memory must be positive, got {self.kv_cache_memory}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 2:
             raise ValueError(f"num_kv_blocks must be >= 2 (one is reserved for padding), got {self.num_kv_blocks}")
-        if self.kv_cache_dtype not in SUPPORTED_DTYPES:
-            raise ValueError(f"kv_cache_dtype must be one of {SUPPORTED_DTYPES}, got {self.kv_cache_dtype!r}")
+        if self.kv_cache_dtype not in SUPPORTED_KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {SUPPORTED_KV_CACHE_DTYPES}, got "
+                             f"{self.kv_cache_dtype!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,10 +196,17 @@ class EngineConfig:
     min_bucket: int = 8  # smallest token / sequence bucket
     attention_backend: str = "auto"  # "auto" | "xla" | "pallas"
     quantization: str | None = None  # weight quantization scheme; None keeps the checkpoint's float weights
+    quantization_group_size: int | None = None  # int4: 32 by default; int8: None = per output channel
+    quantize_embedding: bool = True  # False keeps the embedding (and a tied LM head) in float
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.quantization is not None and self.quantization not in SUPPORTED_QUANTIZATION:
+            raise ValueError(f"unknown quantization scheme {self.quantization!r}; supported: "
+                             f"{', '.join(SUPPORTED_QUANTIZATION)} (or None)")
+        if self.quantization_group_size is not None and self.quantization_group_size <= 0:
+            raise ValueError(f"quantization_group_size must be positive, got {self.quantization_group_size}")
 
     @property
     def max_blocks_per_seq(self) -> int:

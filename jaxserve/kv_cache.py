@@ -4,6 +4,11 @@ Layout (per K and per V): `[num_layers, num_kv_heads, num_blocks, block_size, he
 the `[kv_heads, pages, page_size, head_dim]` layout the Pallas paged-attention kernels of jax (TPU and GPU) read, so
 kernels can address it without a relayout. Page 0 is reserved: padding tokens write there and no sequence owns it.
 The arrays are donated to every jitted step and updated in place.
+
+int8 pages (`kv_dtype="int8"`) add per-token, per-head symmetric scales, `"k_scale"` and `"v_scale"` of shape
+`[num_layers, num_kv_heads, num_blocks, block_size]` float32, so that K = k_int8 * k_scale. Every array of the cache
+dict has the page axis at axis 2 (copy-on-write copies pages generically along it). K/V are quantized on write and
+dequantized on read (`gather_pages`); the Pallas kernels accept the same per-layer slices.
 """
 
 from __future__ import annotations
@@ -16,14 +21,18 @@ import numpy as np
 
 from jaxserve.config import ModelConfig
 
-KVCache = dict[str, jax.Array]  # {"k": pages, "v": pages}
+KVCache = dict[str, jax.Array]  # {"k": pages, "v": pages} (+ "k_scale", "v_scale" for int8 pages)
 
-_DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "int8": 1}
+_SCALE_BYTES = 4  # one float32 scale per token, head and K/V for int8 pages
+INT8_MAX = 127.0
 
 
 def kv_bytes_per_token(model: ModelConfig, kv_dtype: str) -> int:
-    """Bytes of K and V for one token over all layers: 2 x layers x kv_heads x head_dim x dtype bytes."""
-    return 2 * model.num_layers * model.num_kv_heads * model.head_dim * _DTYPE_BYTES[kv_dtype]
+    """Bytes of K and V for one token over all layers: 2 x layers x kv_heads x (head_dim x dtype bytes + scale
+    bytes for int8)."""
+    per_head = model.head_dim * _DTYPE_BYTES[kv_dtype] + (_SCALE_BYTES if kv_dtype == "int8" else 0)
+    return 2 * model.num_layers * model.num_kv_heads * per_head
 
 
 def num_blocks_for_budget(model: ModelConfig, kv_dtype: str, block_size: int, budget_bytes: int) -> int:
@@ -58,13 +67,35 @@ def allocate_kv_cache(model: ModelConfig, num_blocks: int, block_size: int, kv_d
     """Zero-filled K and V page arrays on the default device."""
     shape = (model.num_layers, model.num_kv_heads, num_blocks, block_size, model.head_dim)
     dtype = storage_dtype(kv_dtype)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+    cache = {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+    if kv_dtype == "int8":
+        cache["k_scale"] = jnp.zeros(shape[:-1], jnp.float32)
+        cache["v_scale"] = jnp.zeros(shape[:-1], jnp.float32)
+    return cache
+
+
+def quantize_kv(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Symmetric int8 per token and head: `x [tokens, heads, head_dim]` -> (int8 values, float32 scales
+    `[tokens, heads]`) with x ~= values * scales."""
+    x = x.astype(jnp.float32)
+    scale = jnp.max(jnp.abs(x), axis=-1) / INT8_MAX
+    safe = jnp.where(scale == 0, 1.0, scale)
+    values = jnp.clip(jnp.round(x / safe[..., None]), -INT8_MAX, INT8_MAX).astype(jnp.int8)
+    return values, scale
 
 
 def write_kv(cache: KVCache, layer: jax.Array, k: jax.Array, v: jax.Array, slot_mapping: jax.Array) -> KVCache:
     """Scatter new K/V `[tokens, kv_heads, head_dim]` of one layer into their slots (in place under donation)."""
     block_size = cache["k"].shape[3]
     blocks, offsets = slot_mapping // block_size, slot_mapping % block_size
+    if "k_scale" in cache:
+        (kq, ks), (vq, vs) = quantize_kv(k), quantize_kv(v)
+        return {
+            "k": cache["k"].at[layer, :, blocks, offsets].set(kq),
+            "v": cache["v"].at[layer, :, blocks, offsets].set(vq),
+            "k_scale": cache["k_scale"].at[layer, :, blocks, offsets].set(ks),
+            "v_scale": cache["v_scale"].at[layer, :, blocks, offsets].set(vs),
+        }
     return {
         "k": cache["k"].at[layer, :, blocks, offsets].set(_stored(k, cache["k"].dtype)),
         "v": cache["v"].at[layer, :, blocks, offsets].set(_stored(v, cache["v"].dtype)),
@@ -75,7 +106,8 @@ def gather_pages(cache: KVCache, layer: jax.Array, blocks: jax.Array) -> tuple[j
     """K and V of the pages `blocks` `[tokens, n]` of one layer, each `[kv_heads, tokens, n, block_size, head_dim]`.
 
     Heads come first so attention's batched dots (batch = head, token) read the gathered pages without a
-    transpose; one gather over (layer, page) avoids slicing out the layer first.
+    transpose; one gather over (layer, page) avoids slicing out the layer first. int8 pages come back dequantized
+    as float32 (values x per-token scales: the multiply fuses into the gather's consumer).
     """
     num_layers, num_kv_heads, _, block_size, head_dim = cache["k"].shape
     index = jnp.stack([jnp.broadcast_to(layer, blocks.shape), blocks], axis=-1)  # [tokens, n, 2]
@@ -84,7 +116,14 @@ def gather_pages(cache: KVCache, layer: jax.Array, blocks: jax.Array) -> tuple[j
     sizes = (1, num_kv_heads, 1, block_size, head_dim)
     gather = functools.partial(jax.lax.gather, start_indices=index, dimension_numbers=dims, slice_sizes=sizes,
                                mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
-    return _logical(gather(cache["k"])), _logical(gather(cache["v"]))
+    if "k_scale" not in cache:
+        return _logical(gather(cache["k"])), _logical(gather(cache["v"]))
+    scale_dims = jax.lax.GatherDimensionNumbers(offset_dims=(0, 3), collapsed_slice_dims=(0, 2),
+                                                start_index_map=(0, 2))
+    gather_scale = functools.partial(jax.lax.gather, start_indices=index, dimension_numbers=scale_dims,
+                                     slice_sizes=sizes[:-1], mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+    return tuple(gather(cache[name]).astype(jnp.float32) * gather_scale(cache[f"{name}_scale"])[..., None]
+                 for name in ("k", "v"))
 
 
 def cache_nbytes(cache: KVCache) -> int:

@@ -19,7 +19,8 @@ class LLM:
 
     `LLM()` serves the default model (SmolLM2-135M-Instruct, installed by `make install`). Keyword arguments are
     those of `EngineArgs`: dtype, max_model_len, max_num_seqs, max_num_batched_tokens, block_size, kv_cache_memory,
-    num_kv_blocks, skip_tokenizer_init, seed, ...
+    num_kv_blocks, kv_cache_dtype ("int8" for int8 KV pages), quantization ("int8" | "int4"),
+    quantization_group_size, quantize_embedding, skip_tokenizer_init, seed, ...
     """
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
@@ -29,6 +30,28 @@ class LLM:
             raise TypeError(f"unknown LLM arguments: {', '.join(unknown)}")
         self.engine: LLMEngine = build_engine(EngineArgs(model=model, **kwargs))
         self._ids = itertools.count()
+
+    def memory_usage(self) -> dict[str, Any]:
+        """Device memory of the model and its KV cache.
+
+        `weights_bytes` (parameters as held: quantized weights at their integer size plus scales),
+        `kv_cache_bytes` (the page arrays, scales included), `kv_bytes_per_token`, `num_kv_blocks`, `block_size`,
+        `kv_cache_dtype`, `quantization`, and `max_concurrency` (full-length sequences the pool holds).
+        """
+        from jaxserve.kv_cache import cache_nbytes, kv_bytes_per_token
+        from jaxserve.quant import param_nbytes
+
+        config, runner = self.engine.config, self.engine.runner
+        return {
+            "weights_bytes": param_nbytes(runner.params),
+            "kv_cache_bytes": cache_nbytes(runner.cache),
+            "kv_bytes_per_token": kv_bytes_per_token(config.model, config.kv_dtype),
+            "num_kv_blocks": runner.num_blocks,
+            "block_size": config.cache.block_size,
+            "kv_cache_dtype": config.kv_dtype,
+            "quantization": config.quantization,
+            "max_concurrency": (runner.num_blocks - 1) / config.max_blocks_per_seq,
+        }
 
     def get_tokenizer(self) -> Any:
         """The model's tokenizer (None with skip_tokenizer_init)."""

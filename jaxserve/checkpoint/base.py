@@ -39,7 +39,8 @@ class LoadedCheckpoint:
     @property
     def dtype(self) -> str:
         """Name of the parameters' dtype ("float32" or "bfloat16")."""
-        return dtype_name(self.params["embed"].dtype)
+        embed = self.params["embed"]
+        return embed.dtype if isinstance(getattr(embed, "dtype", None), str) else dtype_name(embed.dtype)
 
 
 def resolve_dtype(dtype: str | None, default: str = "float32") -> np.dtype:

@@ -12,9 +12,11 @@ from gguf import GGMLQuantizationType, GGUFReader, ReaderTensor
 from gguf.quants import dequantize
 
 from jaxserve.config import ModelConfig
+from jaxserve.quant import QuantConfig
 
 from .base import CheckpointError, LoadedCheckpoint, progress_bar, resolve_dtype
 from .gguf_config import config_from_gguf
+from .gguf_quant import loads_directly, to_quantized
 from .layout import ParamBuilder
 
 _Q = GGMLQuantizationType
@@ -113,38 +115,75 @@ def dequantize_tensor(t: ReaderTensor, source: str) -> np.ndarray:
     return array
 
 
-def load_gguf(path: str | Path, dtype: str | None = "float32", progress: bool = True) -> LoadedCheckpoint:
-    """Load a llama or qwen2 GGUF file, dequantizing to `dtype` ("auto" means float32)."""
+def load_gguf(path: str | Path, dtype: str | None = "float32", progress: bool = True,
+              quantization: QuantConfig | None = None) -> LoadedCheckpoint:
+    """Load a llama or qwen2 GGUF file, dequantizing to `dtype` ("auto" means float32).
+
+    With `quantization`, the weights its rule selects become QuantizedTensors tensor by tensor: Q8_0 / Q4_0 / Q4_1
+    blocks that match the requested format are kept as they are (gguf_quant), others are dequantized one tensor
+    at a time and quantized, so no float copy of the whole model is made.
+    """
     path = Path(path)
     reader, tensors = open_gguf(path)
     config = config_from_gguf(reader, tensors, str(path))
     builder = ParamBuilder(config, resolve_dtype(dtype), str(path), gguf_tensor_name)
+    direct = _direct_keys(tensors, quantization)
     for name, t in progress_bar(tensors.items(), enabled=progress, desc=f"loading {path.name}",
                                 total=len(tensors)):
-        _put(builder, config, name, t, str(path))
+        _put(builder, config, name, t, str(path), quantization, direct)
     return LoadedCheckpoint(config, builder.finish(), str(path), "gguf")
 
 
-def _put(builder: ParamBuilder, config: ModelConfig, name: str, t: ReaderTensor, source: str) -> None:
+def _key_of(name: str) -> tuple[str, bool, int | None] | None:
+    """(pytree key, transposed, layer) of a GGUF tensor name, or None when it is not a parameter we know."""
+    if name in _GLOBAL_TENSORS:
+        return (*_GLOBAL_TENSORS[name], None)
+    match = _LAYER_RE.fullmatch(name)
+    if match and match.group(2) in _LAYER_TENSORS:
+        return (*_LAYER_TENSORS[match.group(2)], int(match.group(1)))
+    return None
+
+
+def _direct_keys(tensors: dict[str, ReaderTensor], quantization: QuantConfig | None) -> set[str]:
+    """Keys whose tensors (in every layer) load straight into the requested quantized format."""
+    if quantization is None:
+        return set()
+    types: dict[str, set] = {}
+    for name, t in tensors.items():
+        found = _key_of(name)
+        if found is not None:
+            types.setdefault(found[0], set()).add(t.tensor_type)
+    return {key for key, kinds in types.items() if quantization.applies_to(key) and loads_directly(kinds, quantization)}
+
+
+def _put(builder: ParamBuilder, config: ModelConfig, name: str, t: ReaderTensor, source: str,
+         quantization: QuantConfig | None = None, direct: frozenset[str] | set[str] = frozenset()) -> None:
     if name in _CONSUMED:
         return
-    if name in _GLOBAL_TENSORS:
-        key, transpose = _GLOBAL_TENSORS[name]
-        builder.put(key, dequantize_tensor(t, source), tensor=name, transpose=transpose)
-        return
-    match = _LAYER_RE.fullmatch(name)
-    if not (match and match.group(2) in _LAYER_TENSORS):
+    found = _key_of(name)
+    if found is None:
         raise CheckpointError(f"{source}: unknown tensor {name!r}: not part of a {config.architecture} model that "
                               f"jaxserve supports")
-    key, transpose = _LAYER_TENSORS[match.group(2)]
-    if not builder.expects(key):
+    key, transpose, layer = found
+    if layer is not None and not builder.expects(key):
         raise CheckpointError(f"{source}: unexpected tensor {name!r}: blk.0 has no attention bias")
-    array = dequantize_tensor(t, source)
+    fix_rows = lambda a: a  # noqa: E731
     # llama.cpp permutes Q/K rows for its interleaved RoPE in the llama architecture only (not qwen2).
     if config.architecture == "llama" and key in ("layers/wq", "layers/bq", "layers/wk", "layers/bk"):
         n_heads = config.num_heads if key in ("layers/wq", "layers/bq") else config.num_kv_heads
-        if array.shape[0] != n_heads * config.head_dim:
-            raise CheckpointError(f"{source}: tensor {name!r} has {array.shape[0]} rows, but the config implies "
+        rows = int(t.shape[-1]) if len(t.shape) > 1 else int(t.shape[0])
+        if rows != n_heads * config.head_dim:
+            raise CheckpointError(f"{source}: tensor {name!r} has {rows} rows, but the config implies "
                                   f"{n_heads * config.head_dim}")
-        array = unpermute_rope_rows(array, n_heads)
-    builder.put(key, array, tensor=name, layer=int(match.group(1)), transpose=transpose)
+        fix_rows = lambda a: unpermute_rope_rows(a, n_heads)  # noqa: E731
+    dtype_name = builder.dtype.name
+    if key in direct:
+        builder.put_quantized(key, to_quantized(t, out_first=not transpose, dtype=dtype_name, fix_rows=fix_rows),
+                              tensor=name, layer=layer)
+        return
+    array = fix_rows(dequantize_tensor(t, source))
+    if quantization is not None and quantization.applies_to(key):
+        array = array.T if transpose else array
+        builder.put_quantized(key, quantization.quantize(key, array, dtype_name), tensor=name, layer=layer)
+        return
+    builder.put(key, array, tensor=name, layer=layer, transpose=transpose)

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from jaxserve.config import ModelConfig
+from jaxserve.quant import QuantizedTensor, is_quantized
 
 from .base import CheckpointError
 
@@ -63,6 +64,7 @@ class ParamBuilder:
         self.shapes = param_shapes(config)
         self.arrays: dict[str, np.ndarray] = {}
         self.filled: dict[str, np.ndarray] = {}
+        self.parts: dict[str, list[QuantizedTensor | None]] = {}  # per-layer quantized tensors until finish()
 
     def expects(self, key: str) -> bool:
         """Whether the config has a parameter `key` (e.g. no "layers/bq" without attention bias)."""
@@ -103,6 +105,35 @@ class ParamBuilder:
         self.arrays[key][layer] = value  # casts on assignment
         self.filled[key][layer] = True
 
+    def put_quantized(self, key: str, value: QuantizedTensor, *, tensor: str, layer: int | None = None) -> None:
+        """Store a QuantizedTensor (already in the pytree's orientation) at `key`, layer `layer` when stacked."""
+        if key not in self.shapes:
+            raise CheckpointError(f"{self.source}: unexpected tensor {tensor!r} (the config has no {key!r})")
+        if tuple(value.shape) != self.shapes[key]:
+            raise CheckpointError(f"{self.source}: tensor {tensor!r} has shape {value.shape}, but the config "
+                                  f"implies {self.shapes[key]}")
+        if layer is None:
+            self.arrays[key] = value
+            return
+        parts = self.parts.setdefault(key, [None] * self.config.num_layers)
+        if parts[layer] is not None:
+            raise CheckpointError(f"{self.source}: tensor {tensor!r} appears twice")
+        parts[layer] = value
+        self.filled.setdefault(key, np.zeros(self.config.num_layers, dtype=bool))[layer] = True
+
+    def _stack_parts(self) -> None:
+        """Stack complete per-layer QuantizedTensors on the layer axis (all layers must share one format)."""
+        for key, parts in self.parts.items():
+            if any(p is None for p in parts):
+                continue  # reported as missing by finish()
+            formats = {(p.bits, p.group_size, p.out_first, p.values.dtype, p.offsets is None) for p in parts}
+            if len(formats) != 1:
+                raise CheckpointError(f"{self.source}: the layers of {key!r} are quantized in different formats")
+            first = parts[0]
+            offsets = None if first.offsets is None else np.stack([p.offsets for p in parts])
+            self.arrays[key] = QuantizedTensor(np.stack([p.values for p in parts]), np.stack([p.scales for p in parts]),
+                                               offsets, first.bits, first.group_size, first.out_first, first.dtype)
+
     def put_whole(self, key: str, value: np.ndarray, *, tensor: str) -> None:
         """Store a complete parameter as the pytree holds it ([L, ...] when stacked), without copying when the
         dtype already matches (native checkpoints)."""
@@ -112,15 +143,16 @@ class ParamBuilder:
         if tuple(value.shape) != expected:
             raise CheckpointError(f"{self.source}: parameter {tensor!r} has shape {tuple(value.shape)}, but the "
                                   f"config implies {expected}")
-        self.arrays[key] = np.ascontiguousarray(value, dtype=self.dtype)
+        self.arrays[key] = value if is_quantized(value) else np.ascontiguousarray(value, dtype=self.dtype)
         if is_layered(key):
             self.filled[key] = np.ones(self.config.num_layers, dtype=bool)
 
     def finish(self) -> dict[str, Any]:
         """The nested pytree; a CheckpointError naming up to ten missing tensors if any is absent."""
+        self._stack_parts()
         missing = []
         for key in self.shapes:
-            if key not in self.arrays:
+            if key not in self.arrays and key not in self.filled:
                 layers = range(self.config.num_layers) if is_layered(key) else [None]
             elif is_layered(key):
                 layers = [int(i) for i in np.flatnonzero(~self.filled[key])]

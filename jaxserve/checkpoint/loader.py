@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 from pathlib import Path
 
+from jaxserve.quant import QuantConfig, is_quantized, quantize_params
+
 from .base import CheckpointError, LoadedCheckpoint
 from .gguf import load_gguf
+from .layout import flatten_params
 from .hf import PICKLE_SUFFIXES, load_hf, refuse_pickle
 from .orbax_io import is_native, load_native
 
@@ -43,15 +47,34 @@ def detect_format(path: str | Path) -> str:
                           f"safetensors), a .gguf file or a native jaxserve directory")
 
 
-def load_checkpoint(path: str | Path, dtype: str | None = "float32", progress: bool = True) -> LoadedCheckpoint:
+def load_checkpoint(path: str | Path, dtype: str | None = "float32", progress: bool = True,
+                    quantization: QuantConfig | None = None) -> LoadedCheckpoint:
     """Load a Hugging Face directory, a `.gguf` file or a native jaxserve directory, detected automatically.
 
     Parameters come back as host numpy arrays in the pytree layout of docs/interfaces.md, cast to `dtype`
     ("float32" or "bfloat16"; "auto" or None keeps the checkpoint's own dtype, float32 for quantized GGUF).
-    Every failure is a CheckpointError (a ValueError) whose message names the file and the problem.
+    With `quantization`, the weights its rule selects come back as QuantizedTensors: GGUF tensors are converted
+    one at a time (Q8_0/Q4_x blocks kept as they are when they match); a natively saved quantized checkpoint
+    loads as stored. Every failure is a CheckpointError (a ValueError) whose message names the file and the
+    problem.
     """
-    loaders = {"native": load_native, "hf": load_hf, "gguf": load_gguf}
-    return loaders[detect_format(path)](path, dtype=dtype, progress=progress)
+    kind = detect_format(path)
+    if kind == "gguf":
+        return load_gguf(path, dtype=dtype, progress=progress, quantization=quantization)
+    loaded = {"native": load_native, "hf": load_hf}[kind](path, dtype=dtype, progress=progress)
+    if quantization is None:
+        return loaded
+    check_stored_quantization(loaded, quantization)
+    params = quantize_params(loaded.params, quantization, loaded.dtype)
+    return dataclasses.replace(loaded, params=params)
+
+
+def check_stored_quantization(loaded: LoadedCheckpoint, quantization: QuantConfig) -> None:
+    """A CheckpointError when already-quantized weights are in another scheme than the one asked for."""
+    for key, value in flatten_params(loaded.params).items():
+        if is_quantized(value) and value.bits != quantization.bits:
+            raise CheckpointError(f"{key} is stored as int{value.bits}, but quantization={quantization.scheme!r} "
+                                  f"was asked for; load it without quantization or convert from a float checkpoint")
 
 
 def default_model_path() -> str:

@@ -12,6 +12,7 @@ import jax
 from jaxserve.config import CacheConfig, EngineConfig, SchedulerConfig
 from jaxserve.kv_cache import kv_bytes_per_token
 from jaxserve.planner.memory import DEFAULT_MEMORY_UTILIZATION, kv_pool_blocks, local_kv_budget, max_concurrency
+from jaxserve.quant import QuantConfig, is_quantized, param_nbytes
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,9 @@ class EngineArgs:
     gpu_memory_utilization: float = DEFAULT_MEMORY_UTILIZATION  # share of accelerator memory for weights + KV
     enable_prefix_caching: bool = True
     attention_backend: str = "auto"
-    quantization: str | None = None
+    quantization: str | None = None  # "int8" | "int4": quantize the weights at load (see jaxserve.quant)
+    quantization_group_size: int | None = None  # int4: 32 (default), 64, 128; int8: None = per output channel
+    quantize_embedding: bool = True  # False keeps the embedding (and a tied LM head) in float
     skip_tokenizer_init: bool = False
     seed: int = 0
     compile_all_buckets: bool = True
@@ -58,9 +61,11 @@ def build_engine(args: EngineArgs):
     dtype = args.resolved_dtype()
     path = args.model or default_model_path()
     start = time.perf_counter()
-    loaded = load_checkpoint(path, dtype=dtype, progress=args.progress)
+    quant = quant_config(args)
+    loaded = load_checkpoint(path, dtype=dtype, progress=args.progress, quantization=quant)
     params = jax.device_put(loaded.params)
-    logger.info("loaded %s (%s, %s) in %.1f s", path, loaded.format, dtype, time.perf_counter() - start)
+    logger.info("loaded %s (%s, %s, %s) in %.1f s; weights: %.1f MiB", path, loaded.format, dtype,
+                describe_quantization(params), time.perf_counter() - start, param_nbytes(params) / 2**20)
     tokenizer = None
     if not args.skip_tokenizer_init:
         if loaded.tokenizer_path is None:
@@ -77,10 +82,31 @@ def build_engine(args: EngineArgs):
         scheduler=SchedulerConfig(max_model_len=args.max_model_len or loaded.config.max_position_embeddings,
                                   max_num_seqs=args.max_num_seqs,
                                   max_num_batched_tokens=args.max_num_batched_tokens),
-        dtype=dtype, seed=args.seed, attention_backend=args.attention_backend, quantization=args.quantization, compile_all_buckets=args.compile_all_buckets,
+        dtype=dtype, seed=args.seed, attention_backend=args.attention_backend, quantization=args.quantization,
+        quantization_group_size=args.quantization_group_size, quantize_embedding=args.quantize_embedding,
+        compile_all_buckets=args.compile_all_buckets,
         compilation_cache_dir=args.compilation_cache_dir)
     num_blocks = size_kv_pool(config, args.gpu_memory_utilization)
     return LLMEngine(config, params, tokenizer, num_blocks, progress=args.progress)
+
+
+def quant_config(args: EngineArgs) -> QuantConfig | None:
+    """The QuantConfig the arguments ask for (None: keep the checkpoint's weights); bad settings are ValueErrors."""
+    if args.quantization is None:
+        if args.quantization_group_size is not None:
+            raise ValueError("quantization_group_size is set but quantization is not; pass quantization='int8' or "
+                             "'int4'")
+        return None
+    return QuantConfig(args.quantization, args.quantization_group_size, args.quantize_embedding)
+
+
+def describe_quantization(params: dict) -> str:
+    """"float" or the quantized formats present, e.g. "int4/g32 x 211, float x 62"."""
+    counts: dict[str, int] = {}
+    for leaf in jax.tree_util.tree_leaves(params, is_leaf=is_quantized):
+        name = leaf.describe() if is_quantized(leaf) else "float"
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{name} x {n}" for name, n in sorted(counts.items()))
 
 
 def size_kv_pool(config: EngineConfig, memory_utilization: float = DEFAULT_MEMORY_UTILIZATION) -> int:

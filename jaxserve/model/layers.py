@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxserve.quant import QuantizedTensor, is_quantized, quantized_lookup, quantized_matmul
+
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     """RMSNorm: normalise in float32, cast back, then scale (the order transformers uses)."""
@@ -21,15 +23,23 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return weight * normed.astype(x.dtype)
 
 
-def linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
-    """`x @ w (+ b)` with float32 accumulation; the result has x's dtype.
+def linear(x: jax.Array, w: jax.Array | QuantizedTensor, b: jax.Array | None = None) -> jax.Array:
+    """`x @ w (+ b)` with float32 accumulation; the result has x's dtype. `w` may be a QuantizedTensor.
 
     Accumulating in float32 is also the fast path on CPU: a bf16 x bf16 -> bf16 dot is lowered to float32 copies.
     """
-    y = jnp.dot(x, w, preferred_element_type=jnp.float32)
+    if is_quantized(w):
+        y = quantized_matmul(x, w)
+    else:
+        y = jnp.dot(x, w, preferred_element_type=jnp.float32)
     if b is not None:
         y = y + b.astype(jnp.float32)
     return y.astype(x.dtype)
+
+
+def embed_lookup(table: jax.Array | QuantizedTensor, tokens: jax.Array) -> jax.Array:
+    """Rows `tokens` of the embedding table (dequantized, in the model's float dtype, when it is quantized)."""
+    return quantized_lookup(table, tokens) if is_quantized(table) else table[tokens]
 
 
 def gated_mlp(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array) -> jax.Array:

@@ -17,7 +17,8 @@ from jaxserve.attention.metadata import AttentionMetadata
 from jaxserve.attention.xla import paged_attention
 from jaxserve.config import ModelConfig
 from jaxserve.kv_cache import KVCache, write_kv
-from jaxserve.model.layers import apply_rope, gated_mlp, linear, rms_norm, rope_inv_freq
+from jaxserve.model.layers import apply_rope, embed_lookup, gated_mlp, linear, rms_norm, rope_inv_freq
+from jaxserve.quant import is_quantized, quantized_matmul
 
 Params = dict[str, Any]
 
@@ -57,7 +58,7 @@ def forward(
         x = x + gated_mlp(h, lp["w_gate"], lp["w_up"], lp["w_down"])
         return (x, cache), None
 
-    x = params["embed"][tokens]
+    x = embed_lookup(params["embed"], tokens)
     layer_ids = jnp.arange(config.num_layers, dtype=jnp.int32)
     (x, cache), _ = jax.lax.scan(layer, (x, cache), (params["layers"], layer_ids))
     return rms_norm(x, params["final_norm"], config.rms_norm_eps), cache
@@ -65,6 +66,9 @@ def forward(
 
 def compute_logits(params: Params, hidden: jax.Array) -> jax.Array:
     """float32 logits `[rows, vocab]` from final hidden states (tied embeddings when there is no `lm_head`)."""
+    head = params.get("lm_head", params["embed"])
+    if is_quantized(head):  # an out-first (tied) embedding contracts its hidden axis, like the branch below
+        return quantized_matmul(hidden, head)
     if "lm_head" in params:
         return jnp.dot(hidden, params["lm_head"], preferred_element_type=jnp.float32)
     # Contract with the embedding's hidden axis directly: `embed.T` would materialise a transposed copy.
