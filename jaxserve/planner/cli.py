@@ -31,7 +31,8 @@ def add_plan_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-cache-memory", type=int, default=None, help="fix the KV budget in bytes")
     parser.add_argument("--max-num-seqs", type=int, default=None)
     parser.add_argument("--max-num-batched-tokens", type=int, default=512)
-    parser.add_argument("--group-size", type=int, default=memory.DEFAULT_INT4_GROUP, help="int4 group size")
+    parser.add_argument("--group-size", type=int, default=None, help="quantization group size (int4 default 32; "
+                        "int8 default: per output channel)")
     parser.add_argument("--prompt-len", type=int, default=512)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--json", action="store_true")

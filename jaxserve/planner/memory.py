@@ -14,7 +14,6 @@ from jaxserve.kv_cache import kv_bytes_per_token
 
 WEIGHT_FORMATS = ("float32", "bfloat16", "int8", "int4")
 FLOAT_BYTES = {"float32": 4, "bfloat16": 2}
-SCALE_BYTES = 4  # one float32 scale per output channel (int8) or per group of inputs (int4)
 DEFAULT_INT4_GROUP = 32
 CPU_DEFAULT_KV_CACHE_MEMORY = 1 << 30  # 1 GiB on CPU: modest, so several engines fit in one test process
 DEFAULT_MEMORY_UTILIZATION = 0.9
@@ -22,19 +21,21 @@ DEFAULT_MEMORY_UTILIZATION = 0.9
 
 @dataclasses.dataclass(frozen=True)
 class Tensor:
-    """One parameter: its shape and whether it is a matmul weight (quantizable) or a norm / bias (kept float)."""
+    """One parameter: its per-layer shape, how many layers stack it, and whether it is a matmul weight
+    (quantizable) or a norm / bias (kept float)."""
 
     name: str
     shape: tuple[int, ...]
     matmul: bool
+    layers: int = 1
 
     @property
     def size(self) -> int:
-        return math.prod(self.shape)
+        return self.layers * math.prod(self.shape)
 
 
 def parameter_inventory(model: ModelConfig) -> list[Tensor]:
-    """Every parameter tensor of a Llama-family model, with the layer axis folded into the first dimension.
+    """Every parameter tensor of a Llama-family model (per-layer shapes, stacked `layers` times).
 
     Matmul weights are `[in, out]` (embedding `[vocab, hidden]`, quantized per row like an output channel).
     """
@@ -43,19 +44,24 @@ def parameter_inventory(model: ModelConfig) -> list[Tensor]:
     tensors = [Tensor("embed", (model.vocab_size, h), True)]
     for name, shape in (("wq", (h, q)), ("wk", (h, kv)), ("wv", (h, kv)), ("wo", (q, h)),
                         ("w_gate", (h, i)), ("w_up", (h, i)), ("w_down", (i, h))):
-        tensors.append(Tensor(name, (L * shape[0], shape[1]), True))
-    tensors += [Tensor("attn_norm", (L, h), False), Tensor("mlp_norm", (L, h), False),
+        tensors.append(Tensor(name, shape, True, L))
+    tensors += [Tensor("attn_norm", (h,), False, L), Tensor("mlp_norm", (h,), False, L),
                 Tensor("final_norm", (h,), False)]
     if model.attention_bias:
-        tensors += [Tensor("bq", (L, q), False), Tensor("bk", (L, kv), False), Tensor("bv", (L, kv), False)]
+        tensors += [Tensor("bq", (q,), False, L), Tensor("bk", (kv,), False, L), Tensor("bv", (kv,), False, L)]
     if not model.tie_word_embeddings:
         tensors.append(Tensor("lm_head", (h, model.vocab_size), True))
     return tensors
 
 
 def tensor_bytes(t: Tensor, weight_format: str, float_dtype: str = "bfloat16",
-                 group_size: int = DEFAULT_INT4_GROUP) -> int:
-    """Bytes of one tensor in `weight_format`, scales included; norms and biases stay in `float_dtype`."""
+                 group_size: int | None = None) -> int:
+    """Bytes of one tensor in `weight_format` as `jaxserve.quant` stores it; norms and biases stay `float_dtype`.
+
+    int8 is per output channel unless `group_size` is given; int4 is asymmetric in groups (`group_size`, default
+    32) with a scale and an offset per group. A group spanning the whole input axis keeps float32 scales (and
+    offsets); smaller groups keep float16 ones. Values of int4 weights are packed two per byte.
+    """
     if weight_format in FLOAT_BYTES:
         return t.size * FLOAT_BYTES[weight_format]
     if weight_format not in WEIGHT_FORMATS:
@@ -63,15 +69,19 @@ def tensor_bytes(t: Tensor, weight_format: str, float_dtype: str = "bfloat16",
     if not t.matmul:
         return t.size * FLOAT_BYTES[float_dtype]
     rows, cols = t.shape
-    if t.name == "embed":  # scales run along the hidden axis of each row
+    if t.name == "embed":  # quantized along the hidden axis of each vocabulary row
         rows, cols = cols, rows
-    if weight_format == "int8":
-        return t.size + cols * SCALE_BYTES
-    return math.ceil(t.size / 2) + math.ceil(rows / group_size) * cols * SCALE_BYTES
+    if weight_format == "int4" and group_size is None:
+        group_size = DEFAULT_INT4_GROUP
+    groups = math.ceil(rows / group_size) if group_size else 1
+    scale_bytes = 4 if groups == 1 else 2
+    per_group = scale_bytes * (2 if weight_format == "int4" else 1)  # int4 adds an offset per group
+    values = t.size if weight_format == "int8" else math.ceil(t.size / 2)
+    return values + t.layers * groups * cols * per_group
 
 
 def model_bytes(model: ModelConfig, weight_format: str, float_dtype: str = "bfloat16",
-                group_size: int = DEFAULT_INT4_GROUP) -> int:
+                group_size: int | None = None) -> int:
     """Bytes of all weights in `weight_format` (parameter count x bytes per parameter, scales included)."""
     return sum(tensor_bytes(t, weight_format, float_dtype, group_size) for t in parameter_inventory(model))
 

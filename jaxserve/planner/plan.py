@@ -31,7 +31,7 @@ class PlanRequest:
     max_num_seqs: int | None = None
     prompt_len: int = 512
     output_len: int = 128
-    group_size: int = memory.DEFAULT_INT4_GROUP
+    group_size: int | None = None  # None: int4 groups of 32, int8 per output channel
 
     def __post_init__(self) -> None:
         if self.weight_format not in memory.WEIGHT_FORMATS:

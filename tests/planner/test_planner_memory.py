@@ -79,3 +79,21 @@ def test_pool_and_concurrency_arithmetic():
     assert max_concurrency(33, 128, 16) == 4  # 32 usable pages, 8 per sequence
     assert max_concurrency(32, 128, 16) == 3
     assert max_concurrency(33, 120, 16) == 4  # a partial last page still takes a page
+
+
+@pytest.mark.parametrize("scheme, group", [("int8", None), ("int8", 32), ("int4", None), ("int4", 32), ("int4", 64)])
+@pytest.mark.parametrize("tied", [True, False])
+def test_planned_weight_bytes_equal_the_quantized_engine_params(tmp_path, scheme, group, tied):
+    """The planner's bytes per format are exactly what jaxserve.quant stores (values, scales and offsets)."""
+    from jaxserve.checkpoint import load_checkpoint
+    from jaxserve.quant import QuantConfig, param_nbytes, quantize_params
+
+    torch.manual_seed(0)
+    hf_config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+    transformers.LlamaForCausalLM(hf_config).save_pretrained(tmp_path)
+    loaded = load_checkpoint(tmp_path, dtype="float32", progress=False)
+    assert model_bytes(loaded.config, "float32") == param_nbytes(loaded.params)
+    quantized = quantize_params(loaded.params, QuantConfig(scheme, group))
+    planned = model_bytes(loaded.config, scheme, float_dtype="float32", group_size=group)
+    assert planned == param_nbytes(quantized)
