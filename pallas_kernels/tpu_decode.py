@@ -17,7 +17,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.common import check_pages, finalize, initial_state
 from pallas_kernels.tpu_pages import PageRefs, attend_sequence, scratch_shapes
-from pallas_kernels.tpu_rules import check_tpu_pages
+from pallas_kernels import tpu_rules
 
 
 def _kernel(lengths_ref, tables_ref, layer_ref, q_ref, k_hbm, v_hbm, *rest, scale: float, table_width: int,
@@ -58,7 +58,7 @@ def paged_decode_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
         k_scales, v_scales = (None, None) if k_scales is None else (k_scales[None], v_scales[None])
         layer = 0
     _, num_kv_heads, _, block_size, _ = k_pages.shape
-    check_tpu_pages(block_size, head_dim, k_pages.dtype, pages_per_compute_block)
+    tpu_rules.check_tpu_pages(block_size, head_dim, k_pages.dtype, pages_per_compute_block)
     groups = num_heads // num_kv_heads
     quantized = k_scales is not None
     table_width = block_tables.shape[1]

@@ -18,7 +18,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.common import check_pages, div, finalize, initial_state
 from pallas_kernels.tpu_pages import PageRefs, attend_sequence, scratch_shapes
-from pallas_kernels.tpu_rules import RAGGED_QUERY_ROWS, check_tpu_pages
+from pallas_kernels import tpu_rules
 
 
 def default_queries_per_block(groups: int) -> int:
@@ -85,12 +85,10 @@ def ragged_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
         k_scales, v_scales = (None, None) if k_scales is None else (k_scales[None], v_scales[None])
         layer = 0
     _, num_kv_heads, _, block_size, _ = k_pages.shape
-    check_tpu_pages(block_size, head_dim, k_pages.dtype, pages_per_compute_block)
+    tpu_rules.check_tpu_pages(block_size, head_dim, k_pages.dtype, pages_per_compute_block)
     groups = num_heads // num_kv_heads
     block_q = queries_per_block or default_queries_per_block(groups)
-    if (block_q * groups) % RAGGED_QUERY_ROWS:
-        raise ValueError(f"queries_per_block x query heads per KV head ({block_q} x {groups}) must be a multiple of "
-                         f"{RAGGED_QUERY_ROWS}")
+    tpu_rules.check_tpu_query_block(block_q, groups)
     quantized = k_scales is not None
     padded = -(-num_tokens // block_q) * block_q
     qh = jnp.pad(q, ((0, padded - num_tokens), (0, 0), (0, 0))).reshape(padded, num_kv_heads, groups, head_dim)

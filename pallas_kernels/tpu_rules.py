@@ -29,3 +29,10 @@ def check_tpu_pages(block_size: int, head_dim: int, page_dtype, pages_per_comput
         raise ValueError(f"TPU kernels support head_dim in {TPU_HEAD_DIMS}, got {head_dim}")
     if pages_per_compute_block < 1:
         raise ValueError(f"pages_per_compute_block must be >= 1, got {pages_per_compute_block}")
+
+
+def check_tpu_query_block(queries_per_block: int, groups: int) -> None:
+    """Raise ValueError unless a ragged query block (tokens x query heads per KV head) fills whole sublane tiles."""
+    if (queries_per_block * groups) % RAGGED_QUERY_ROWS:
+        raise ValueError(f"queries_per_block x query heads per KV head ({queries_per_block} x {groups}) must be a "
+                         f"multiple of {RAGGED_QUERY_ROWS}")
