@@ -38,7 +38,7 @@ def _kernel(lengths_ref, layer_ref, tables_ref, q_ref, k_ref, v_ref, *rest, scal
     base = (layer_ref[0] * num_kv_heads + h) * num_pages
     row_pos = jnp.full((rows, 1), length - 1, jnp.int32)
     row_ok = jnp.ones((rows, 1), jnp.bool_)
-    table_offset = b * tables_ref.shape[0] // lengths_ref.shape[0]
+    table_offset = b * (tables_ref.shape[0] // lengths_ref.shape[0])
     m, l, acc = attend_pages(initial_state(rows, head_dim), q, tables_ref, table_offset, first_page, end_page,
                              row_pos, row_ok, (k_ref, v_ref, ks_ref, vs_ref), base=base, scale=scale,
                              pages_per_block=pages_per_block)
