@@ -30,7 +30,7 @@ class PageRefs:
     vs_hbm: Any
     k_buf: Any  # VMEM [2, P, BS, D]
     v_buf: Any
-    ks_buf: Any  # VMEM [2, P * BS] float32 or None
+    ks_buf: Any  # VMEM [2, P, BS] float32 or None
     vs_buf: Any
     sems: Any  # DMA semaphores [2]
 
@@ -39,7 +39,7 @@ def scratch_shapes(pages_per_block: int, block_size: int, head_dim: int, page_dt
     """VMEM buffers and semaphores matching `PageRefs` (k_buf, v_buf, ks_buf, vs_buf, sems; scales if int8)."""
     shapes = [pltpu.VMEM((2, pages_per_block, block_size, head_dim), page_dtype)] * 2
     if quantized:
-        shapes += [pltpu.VMEM((2, pages_per_block * block_size), jnp.float32)] * 2
+        shapes += [pltpu.VMEM((2, pages_per_block, block_size), jnp.float32)] * 2
     return shapes + [pltpu.SemaphoreType.DMA((2,))]
 
 
@@ -55,10 +55,9 @@ def _copies(refs: PageRefs, layer, head, row, table_width: int, block, slot, kv_
         out.append((needed, pltpu.make_async_copy(refs.k_hbm.at[layer, head, page], refs.k_buf.at[slot, c], sem)))
         out.append((needed, pltpu.make_async_copy(refs.v_hbm.at[layer, head, page], refs.v_buf.at[slot, c], sem)))
         if refs.ks_hbm is not None:
-            span = pl.ds(c * block_size, block_size)
-            out.append((needed, pltpu.make_async_copy(refs.ks_hbm.at[layer, head, page], refs.ks_buf.at[slot, span],
+            out.append((needed, pltpu.make_async_copy(refs.ks_hbm.at[layer, head, page], refs.ks_buf.at[slot, c],
                                                       sem)))
-            out.append((needed, pltpu.make_async_copy(refs.vs_hbm.at[layer, head, page], refs.vs_buf.at[slot, span],
+            out.append((needed, pltpu.make_async_copy(refs.vs_hbm.at[layer, head, page], refs.vs_buf.at[slot, c],
                                                       sem)))
     return out
 
@@ -75,8 +74,9 @@ def attend_sequence(state: State, q: jax.Array, row_pos: jax.Array, row_ok: jax.
     `row_pos [R, 1]` is each query row's position (it sees keys at positions <= it) and `row_ok [R, 1]` marks the
     rows that belong to this sequence.
     """
-    _, pages_per_block, block_size, head_dim = refs.k_buf.shape
+    _, pages_per_block, block_size, _ = refs.k_buf.shape
     chunk = pages_per_block * block_size
+    quantized = refs.ks_buf is not None
     num_blocks = cdiv(kv_len, chunk)
     where = dict(layer=layer, head=head, row=row, table_width=table_width, kv_len=kv_len, block_size=block_size)
 
@@ -92,24 +92,40 @@ def attend_sequence(state: State, q: jax.Array, row_pos: jax.Array, row_ok: jax.
             _run(_copies(refs, block=j + 1, slot=1 - slot, **where), "start")
 
         _run(_copies(refs, block=j, slot=slot, **where), "wait")
-        key_pos_row = j * chunk + jax.lax.broadcasted_iota(jnp.int32, (1, chunk), 1)
-        key_pos_col = j * chunk + jax.lax.broadcasted_iota(jnp.int32, (chunk, 1), 0)
-        k = refs.k_buf[slot].reshape(chunk, head_dim)
-        v = refs.v_buf[slot].reshape(chunk, head_dim)
-        if refs.ks_buf is not None:
-            k, v = k.astype(q.dtype), v.astype(q.dtype)
-        # Buffer rows past kv_len hold stale or uninitialised data: zero them so 0 * NaN never reaches the sum.
-        v = jnp.where(key_pos_col < kv_len, v, jnp.zeros_like(v))
-        scores = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32) * scale
-        if refs.ks_buf is not None:
-            scores = scores * refs.ks_buf[pl.ds(slot, 1), :]
-        mask = row_ok & (key_pos_row <= row_pos) & (key_pos_row < kv_len)
-
-        def weighted_values(p):
-            if refs.vs_buf is not None:
-                p = p * jnp.where(key_pos_row < kv_len, refs.vs_buf[pl.ds(slot, 1), :], 0.0)
-            return jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-
-        return online_softmax_update(state, scores, mask, weighted_values)
+        # int8 pages go one page at a time: a page's scales are one lane-major row `[1, BS]` that scales that
+        # page's score columns and probabilities directly (no transpose into the K/V row orientation, and no
+        # relayout of the scale arrays in HBM). Float pages take the whole block at once.
+        pieces = [(c, 1) for c in range(pages_per_block)] if quantized else [(0, pages_per_block)]
+        for first, count in pieces:
+            state = _attend_piece(state, q, row_pos, row_ok, kv_len, refs, slot, first, count,
+                                  j * chunk + first * block_size, scale)
+        return state
 
     return jax.lax.fori_loop(0, num_blocks, body, state)
+
+
+def _attend_piece(state: State, q, row_pos, row_ok, kv_len, refs: PageRefs, slot, first: int, count: int,
+                  key_start, scale: float) -> State:
+    """Online-softmax step over pages `first:first + count` of buffer `slot`, whose first key is `key_start`."""
+    _, _, block_size, head_dim = refs.k_buf.shape
+    n = count * block_size
+    key_row = key_start + jax.lax.broadcasted_iota(jnp.int32, (1, n), 1)
+    key_col = key_start + jax.lax.broadcasted_iota(jnp.int32, (n, 1), 0)
+    k = refs.k_buf[slot, pl.ds(first, count)].reshape(n, head_dim)
+    v = refs.v_buf[slot, pl.ds(first, count)].reshape(n, head_dim)
+    if refs.ks_buf is not None:
+        k, v = k.astype(q.dtype), v.astype(q.dtype)
+    # Buffer rows past kv_len hold stale or uninitialised data: zero them (and their scales) so 0 * NaN never
+    # reaches the sum; their scores are masked below.
+    v = jnp.where(key_col < kv_len, v, jnp.zeros_like(v))
+    scores = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32) * scale
+    if refs.ks_buf is not None:
+        scores = scores * refs.ks_buf[slot, pl.ds(first, 1), :]
+    mask = row_ok & (key_row <= row_pos) & (key_row < kv_len)
+
+    def weighted_values(p):
+        if refs.vs_buf is not None:
+            p = p * jnp.where(key_row < kv_len, refs.vs_buf[slot, pl.ds(first, 1), :], 0.0)
+        return jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+
+    return online_softmax_update(state, scores, mask, weighted_values)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels.common import check_pages, div, finalize, initial_state
+from pallas_kernels.common import check_pages, finalize, initial_state
 from pallas_kernels.tpu_pages import PageRefs, attend_sequence, scratch_shapes
 from pallas_kernels import tpu_rules
 
@@ -38,7 +38,10 @@ def _kernel(tables_ref, seq_lens_ref, qsl_ref, num_seqs_ref, layer_ref, q_ref, k
     rows, head_dim = q.shape
     q_lo = i * (rows // groups)
     q_hi = q_lo + rows // groups
-    tok = q_lo + div(jax.lax.broadcasted_iota(jnp.int32, (rows, 1), 0), groups)
+    # Token of each row (rows are token-major: token x G + head). Vector integer division is avoided on purpose:
+    # the float form is exact for these small integers and certain to lower on Mosaic.
+    row = jax.lax.broadcasted_iota(jnp.int32, (rows, 1), 0).astype(jnp.float32)
+    tok = q_lo + jnp.floor((row + 0.5) * (1.0 / groups)).astype(jnp.int32)
     num_seqs = num_seqs_ref[0]
     last_row = qsl_ref.shape[0] - 1
 
