@@ -17,6 +17,7 @@ def _checked() -> pltpu.InterpretParams:
     return pltpu.InterpretParams(uninitialized_memory="nan")
 
 
+@pytest.mark.slow
 def test_checked_ragged_int8_matches_reference() -> None:
     case = ragged_case(2, 64, 32, "int8", pad_tokens=3)
     args = (case.q, case.k_pages, case.v_pages, case.block_tables, case.seq_lens, case.query_start_loc,
