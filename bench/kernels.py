@@ -82,7 +82,6 @@ def measure_peaks(dtype, repeats: int) -> dict:
 def make_inputs(num_seqs: int, new_tokens: int, context: int, dtype, seed: int = 0):
     """Engine-shaped inputs: `num_seqs` sequences with `context` cached tokens, `new_tokens` new ones each."""
     from jaxserve.attention.metadata import AttentionMetadata
-
     from jaxserve.kv_cache import storage_dtype
 
     total = context + new_tokens
@@ -149,7 +148,8 @@ def time_paths(args) -> int:
                 row["speedup_vs_xla"] = times["xla"] / seconds
             rows.append(row)
             print(f"{kind:7s} {name:6s} batch {num_seqs:4d} new {new_tokens:5d} context {context:6d}  "
-                  f"{row['ms']:9.3f} ms  {row['bytes_per_s'] / 1e9:8.2f} GB/s ({100 * row['frac_peak_bandwidth']:5.1f}%)"
+                  f"{row['ms']:9.3f} ms  {row['bytes_per_s'] / 1e9:8.2f} GB/s "
+                  f"({100 * row['frac_peak_bandwidth']:5.1f}%)"
                   f"  {row['flops_per_s'] / 1e9:9.2f} GFLOP/s ({100 * row['frac_peak_flops']:5.1f}%)"
                   + (f"  {row['speedup_vs_xla']:.2f}x xla" if "speedup_vs_xla" in row else ""), flush=True)
         del cache

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from pallas_kernels import gpu_rules
 from pallas_kernels.common import cdiv, check_pages, div, finalize, initial_state
 from pallas_kernels.gpu_pages import attend_pages
-from pallas_kernels import gpu_rules
 from pallas_kernels.gpu_rules import MIN_DOT, is_power_of_two, padded_groups
 
 

@@ -62,7 +62,7 @@ class KernelConfig:
     def function(self):
         """The jitted call under test, taking `arg_shapes()`."""
         quantized = self.page_dtype == "int8"
-        common = dict(scale=self.head_dim ** -0.5, backend=self.backend)
+        common = {"scale": self.head_dim ** -0.5, "backend": self.backend}
 
         def call(q, k, v, *rest):
             scales, rest = (rest[:2], rest[2:]) if quantized else ((None, None), rest)

@@ -38,7 +38,7 @@ def paged_decode_attention(q, k_pages, v_pages, lengths, block_tables, *, scale,
     """One query token per sequence: `q [B, Hq, D]` attends to the first `lengths[b]` tokens of its pages."""
     del pages_per_compute_block, interpret
     b, hq, d = q.shape
-    hkv, _, bs, _ = k_pages.shape
+    hkv = k_pages.shape[0]
     qh = q.astype(jnp.float32).reshape(b, hkv, hq // hkv, d) * scale
     k = _gather(k_pages, k_scales, block_tables)
     v = _gather(v_pages, v_scales, block_tables)

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from pallas_kernels import tpu_rules
 from pallas_kernels.common import check_pages, finalize, initial_state
 from pallas_kernels.tpu_pages import PageRefs, attend_sequence, scratch_shapes
-from pallas_kernels import tpu_rules
 
 
 def _kernel(lengths_ref, tables_ref, layer_ref, q_ref, k_hbm, v_hbm, *rest, scale: float, table_width: int,

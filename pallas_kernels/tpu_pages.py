@@ -78,7 +78,8 @@ def attend_sequence(state: State, q: jax.Array, row_pos: jax.Array, row_ok: jax.
     chunk = pages_per_block * block_size
     quantized = refs.ks_buf is not None
     num_blocks = cdiv(kv_len, chunk)
-    where = dict(layer=layer, head=head, row=row, table_width=table_width, kv_len=kv_len, block_size=block_size)
+    where = {"layer": layer, "head": head, "row": row, "table_width": table_width, "kv_len": kv_len,
+             "block_size": block_size}
 
     @pl.when(num_blocks > 0)
     def _():

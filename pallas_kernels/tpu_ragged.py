@@ -16,9 +16,9 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from pallas_kernels import tpu_rules
 from pallas_kernels.common import check_pages, finalize, initial_state
 from pallas_kernels.tpu_pages import PageRefs, attend_sequence, scratch_shapes
-from pallas_kernels import tpu_rules
 
 
 def default_queries_per_block(groups: int) -> int:

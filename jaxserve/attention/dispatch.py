@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -9,7 +9,7 @@ kernels with the layer index, so no layer slice is copied out per call.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

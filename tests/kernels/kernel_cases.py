@@ -28,7 +28,7 @@ class Case:
 
     @property
     def scales(self) -> dict:
-        return dict(k_scales=self.k_scales, v_scales=self.v_scales)
+        return {"k_scales": self.k_scales, "v_scales": self.v_scales}
 
 
 def _pages(rng, num_pages: int, block_size: int, head_dim: int, dtype: str):

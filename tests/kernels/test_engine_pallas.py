@@ -24,8 +24,9 @@ def _engine(backend: str, block_size: int = 16) -> LLMEngine:
     config = EngineConfig(model=TINY_GQA, cache=CacheConfig(block_size=block_size, num_kv_blocks=40),
                           scheduler=SchedulerConfig(max_model_len=128, max_num_seqs=8, max_num_batched_tokens=32),
                           dtype="float32", compile_all_buckets=False, attention_backend=backend)
-    params = init_params(TINY_GQA, jax.random.PRNGKey(0), scale=0.15)  # small enough that attention is not one-hot: a 1.3x softmax-scale error
-    # in either kernel changes these greedy tokens (checked when the test was written)
+    # Weights small enough that attention is not one-hot: a 1.3x softmax-scale error in either kernel changes
+    # these greedy tokens (checked when the test was written).
+    params = init_params(TINY_GQA, jax.random.PRNGKey(0), scale=0.15)
     return LLMEngine(config, params, tokenizer=None, num_blocks=40, progress=False)
 
 

@@ -54,7 +54,7 @@ def test_decode_matches_reference(backend, groups, head_dim, block_size, dtype) 
 
 @pytest.mark.parametrize("backend, groups, head_dim, block_size, dtype", FAST)
 def test_ragged_matches_reference(backend, groups, head_dim, block_size, dtype) -> None:
-    blocks = dict(queries_per_block=8) if backend == "tpu" else {}
+    blocks = {"queries_per_block": 8} if backend == "tpu" else {}
     _ragged(backend, groups, head_dim, block_size, dtype, pages_per_compute_block=2, **blocks)
 
 
