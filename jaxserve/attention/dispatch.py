@@ -13,8 +13,6 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-import pallas_kernels
-from jaxserve.attention.pallas import make_pallas_attention
 from jaxserve.attention.xla import paged_attention as xla_paged_attention
 from jaxserve.config import ModelConfig
 
@@ -41,6 +39,10 @@ def get_attention_fn(backend: str = "auto", *, model: ModelConfig | None = None,
         if backend == "pallas":
             raise ValueError(f"attention_backend='pallas' has no kernels for platform {platform!r}")
         return xla_paged_attention
+    # Imported here so the XLA path (CPU) does not pay for importing Pallas and its TPU / Triton modules.
+    import pallas_kernels
+    from jaxserve.attention.pallas import make_pallas_attention
+
     kernel_backend = KERNEL_BACKEND[platform]
     if model is not None:
         if model.sliding_window is not None:
