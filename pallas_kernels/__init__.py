@@ -1,4 +1,6 @@
-"""Pallas attention kernels that know nothing of models (arrays in, arrays out).
+"""Paged attention kernels in Pallas for TPU (Mosaic) and GPU (Triton). They know nothing of models: arrays in,
+arrays out. `reference` holds pure-jnp versions with the same signatures."""
 
-Empty until the kernels issue lands; the engine's XLA path (jaxserve.attention.xla) serves every platform now.
-"""
+from pallas_kernels.api import check_config, kernel_backend, paged_decode_attention, ragged_paged_attention
+
+__all__ = ["check_config", "kernel_backend", "paged_decode_attention", "ragged_paged_attention"]

@@ -53,7 +53,8 @@ class ModelRunner:
         self.warmed_up = False
         self.num_compiles_after_warmup = 0
 
-        attention_fn = get_attention_fn("auto")
+        attention_fn = get_attention_fn(config.attention_backend, model=config.model, block_size=self.block_size,
+                                        kv_dtype=config.kv_dtype)
         self._model_step = jax.jit(
             functools.partial(forward, config=config.model, attention_fn=attention_fn), donate_argnames=("cache",))
         self._select_rows = jax.jit(lambda hidden, indices: hidden[indices])

@@ -1,0 +1,122 @@
+"""Ragged paged attention for GPU (Pallas Triton backend): causal attention for packed chunks of several sequences.
+
+Same plan as the TPU version (`tpu_ragged`): the packed tokens are cut into blocks of `queries_per_block` tokens,
+grid `(query_blocks, kv_heads)`; a program holds one block's tokens x the (power-of-two padded) query heads of one
+KV head and walks the sequences overlapping the block, gathering each one's pages up to the block's last position
+of that sequence (`gpu_pages.attend_pages`) under a per-row causal mask.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from pallas_kernels import gpu_rules
+from pallas_kernels.common import cdiv, check_pages, div, finalize, initial_state
+from pallas_kernels.gpu_pages import attend_pages
+from pallas_kernels.gpu_rules import MIN_DOT, is_power_of_two, padded_groups
+
+
+def default_queries_per_block(padded: int) -> int:
+    """Tokens per block: 64 rows (tokens x padded heads), and at least 16 rows for the tensor cores."""
+    return max(1, 64 // padded)
+
+
+def _kernel(seq_lens_ref, qsl_ref, num_seqs_ref, layer_ref, tables_ref, q_ref, k_ref, v_ref, *rest, scale,
+            groups, table_width, num_kv_heads, num_pages, pages_per_block, quantized):
+    if quantized:
+        ks_ref, vs_ref, o_ref = rest
+    else:
+        (o_ref,), ks_ref, vs_ref = rest, None, None
+    i, h = pl.program_id(0), pl.program_id(1)
+    q = q_ref[...]
+    rows, head_dim = q.shape
+    block_size = k_ref.shape[1]
+    q_lo = i * (rows // groups)
+    q_hi = q_lo + rows // groups
+    tok = q_lo + div(jax.lax.broadcasted_iota(jnp.int32, (rows, 1), 0), groups)
+    num_seqs = num_seqs_ref[0]
+    last_row = qsl_ref.shape[0] - 1
+    base = (layer_ref[0] * num_kv_heads + h) * num_pages
+    page_refs = (k_ref, v_ref, ks_ref, vs_ref)
+
+    first = jax.lax.while_loop(
+        lambda s: (s < num_seqs) & (qsl_ref[jnp.minimum(s + 1, last_row)] <= q_lo), lambda s: s + 1, 0)
+
+    def overlaps(carry):
+        s, _ = carry
+        return (s < num_seqs) & (qsl_ref[jnp.minimum(s, last_row)] < q_hi)
+
+    def attend(carry):
+        s, state = carry
+        start, end = qsl_ref[s], qsl_ref[s + 1]
+        context = seq_lens_ref[s] - (end - start)
+        row_ok = (tok >= start) & (tok < end)
+        row_pos = context + tok - start
+        kv_len = jnp.where(end > jnp.maximum(start, q_lo), context + jnp.minimum(end, q_hi) - start, 0)
+        state = attend_pages(state, q, tables_ref, s * table_width, 0, cdiv(kv_len, block_size), row_pos, row_ok,
+                             page_refs, base=base, scale=scale, pages_per_block=pages_per_block)
+        return s + 1, state
+
+    _, state = jax.lax.while_loop(overlaps, attend, (first, initial_state(rows, head_dim)))
+    o_ref[...] = finalize(state).astype(o_ref.dtype)
+
+
+def ragged_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, block_tables: jax.Array,
+                           seq_lens: jax.Array, query_start_loc: jax.Array, num_seqs: jax.Array | int, *,
+                           scale: float, k_scales: jax.Array | None = None, v_scales: jax.Array | None = None,
+                           pages_per_compute_block: int = 4, queries_per_block: int | None = None,
+                           layer: jax.Array | int | None = None, num_warps: int = 4, num_stages: int = 2,
+                           interpret=False) -> jax.Array:
+    """Causal attention of packed chunks `q [T, Hq, D]` over paged K/V -> `[T, Hq, D]` (Triton).
+
+    Same contract as `tpu_ragged.ragged_paged_attention`.
+    """
+    num_tokens, num_heads, head_dim = q.shape
+    check_pages(q.dtype, k_pages, v_pages, k_scales, v_scales, head_dim, num_heads)
+    if layer is None:
+        k_pages, v_pages = k_pages[None], v_pages[None]
+        k_scales, v_scales = (None, None) if k_scales is None else (k_scales[None], v_scales[None])
+        layer = 0
+    _, num_kv_heads, num_pages, block_size, _ = k_pages.shape
+    gpu_rules.check_gpu_pages(block_size, head_dim, pages_per_compute_block)
+    groups = num_heads // num_kv_heads
+    padded_g = padded_groups(groups)
+    block_q = queries_per_block or default_queries_per_block(padded_g)
+    if not is_power_of_two(block_q) or block_q * padded_g < MIN_DOT:
+        raise ValueError(f"queries_per_block must be a power of two with queries_per_block x {padded_g} padded "
+                         f"query heads >= {MIN_DOT}, got {block_q}")
+    width = block_tables.shape[1]
+    tables = jnp.pad(block_tables.astype(jnp.int32), ((0, 0), (0, -width % pages_per_compute_block)))
+    padded_t = -(-num_tokens // block_q) * block_q
+    qh = q.reshape(num_tokens, num_kv_heads, groups, head_dim)
+    qh = jnp.pad(qh, ((0, padded_t - num_tokens), (0, 0), (0, padded_g - groups), (0, 0)))
+    qh = qh.transpose(1, 0, 2, 3).reshape(num_kv_heads, padded_t * padded_g, head_dim)
+    flat = lambda x: x.reshape((-1,) + x.shape[3:])
+    quantized = k_scales is not None
+    page_inputs = [flat(k_pages), flat(v_pages)] + ([flat(k_scales), flat(v_scales)] if quantized else [])
+    scalars = [seq_lens.astype(jnp.int32), query_start_loc.astype(jnp.int32),
+               jnp.reshape(jnp.asarray(num_seqs, jnp.int32), (1,)), jnp.reshape(jnp.asarray(layer, jnp.int32), (1,)),
+               tables.reshape(-1)]
+
+    whole = lambda x: pl.BlockSpec(x.shape, lambda *_: (0,) * x.ndim)
+    q_spec = pl.BlockSpec((None, block_q * padded_g, head_dim), lambda i, h: (h, i, 0))
+    kernel = functools.partial(_kernel, scale=scale, groups=padded_g, table_width=tables.shape[1],
+                               num_kv_heads=num_kv_heads, num_pages=num_pages,
+                               pages_per_block=pages_per_compute_block, quantized=quantized)
+    out = pl.pallas_call(
+        kernel,
+        grid=(padded_t // block_q, num_kv_heads),
+        in_specs=[whole(x) for x in scalars] + [q_spec] + [whole(x) for x in page_inputs],
+        out_specs=q_spec,
+        out_shape=jax.ShapeDtypeStruct(qh.shape, q.dtype),
+        compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages),
+        interpret=interpret,
+        name="jaxserve_ragged_paged_gpu",
+    )(*scalars, qh, *page_inputs)
+    out = out.reshape(num_kv_heads, padded_t, padded_g, head_dim)[:, :num_tokens, :groups]
+    return out.transpose(1, 0, 2, 3).reshape(num_tokens, num_heads, head_dim)

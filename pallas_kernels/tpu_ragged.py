@@ -1,0 +1,121 @@
+"""Ragged paged attention for TPU (Mosaic): causal attention for packed query chunks of several sequences.
+
+The packed tokens are cut into fixed blocks of `queries_per_block` tokens; grid `(query_blocks, kv_heads)`, both
+parallel. A program holds one block's tokens for the G query heads of one KV head (rows = tokens x G, token-major)
+and walks the sequences whose chunks overlap the block (`query_start_loc`). For each, it streams that sequence's
+pages up to the block's last position of that sequence and masks causally per row. The step's own K/V are already
+in the pages (the model writes them first), so prefill chunks, decode tokens and mixes all take this one path.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from pallas_kernels import tpu_rules
+from pallas_kernels.common import check_pages, finalize, initial_state
+from pallas_kernels.tpu_pages import PageRefs, attend_sequence, scratch_shapes
+
+
+def default_queries_per_block(groups: int) -> int:
+    """Tokens per query block: about 128 rows (tokens x heads) for the MXU, a multiple of 8 tokens."""
+    return max(8, (128 // groups) // 8 * 8)
+
+
+def _kernel(tables_ref, seq_lens_ref, qsl_ref, num_seqs_ref, layer_ref, q_ref, k_hbm, v_hbm, *rest, scale: float,
+            table_width: int, groups: int, quantized: bool):
+    if quantized:
+        ks_hbm, vs_hbm, o_ref, k_buf, v_buf, ks_buf, vs_buf, sems = rest
+    else:
+        (o_ref, k_buf, v_buf, sems), ks_hbm, vs_hbm, ks_buf, vs_buf = rest, None, None, None, None
+    refs = PageRefs(tables_ref, k_hbm, v_hbm, ks_hbm, vs_hbm, k_buf, v_buf, ks_buf, vs_buf, sems)
+    i, h = pl.program_id(0), pl.program_id(1)
+    q = q_ref[...]
+    rows, head_dim = q.shape
+    q_lo = i * (rows // groups)
+    q_hi = q_lo + rows // groups
+    # Token of each row (rows are token-major: token x G + head). Vector integer division is avoided on purpose:
+    # the float form is exact for these small integers and certain to lower on Mosaic.
+    row = jax.lax.broadcasted_iota(jnp.int32, (rows, 1), 0).astype(jnp.float32)
+    tok = q_lo + jnp.floor((row + 0.5) * (1.0 / groups)).astype(jnp.int32)
+    num_seqs = num_seqs_ref[0]
+    last_row = qsl_ref.shape[0] - 1
+
+    # Skip the sequences whose chunks end before this block (a scalar loop over SMEM).
+    first = jax.lax.while_loop(
+        lambda s: (s < num_seqs) & (qsl_ref[jnp.minimum(s + 1, last_row)] <= q_lo), lambda s: s + 1, 0)
+
+    def overlaps(carry):
+        s, _ = carry
+        return (s < num_seqs) & (qsl_ref[jnp.minimum(s, last_row)] < q_hi)
+
+    def attend(carry):
+        s, state = carry
+        start, end = qsl_ref[s], qsl_ref[s + 1]
+        context = seq_lens_ref[s] - (end - start)
+        row_ok = (tok >= start) & (tok < end)
+        row_pos = context + tok - start
+        # Keys up to the position of this sequence's last token inside the block.
+        kv_len = jnp.where(end > jnp.maximum(start, q_lo), context + jnp.minimum(end, q_hi) - start, 0)
+        state = attend_sequence(state, q, row_pos, row_ok, kv_len, refs, layer=layer_ref[0], head=h, row=s,
+                                table_width=table_width, scale=scale)
+        return s + 1, state
+
+    _, state = jax.lax.while_loop(overlaps, attend, (first, initial_state(rows, head_dim)))
+    o_ref[...] = finalize(state).astype(o_ref.dtype)
+
+
+def ragged_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, block_tables: jax.Array,
+                           seq_lens: jax.Array, query_start_loc: jax.Array, num_seqs: jax.Array | int, *,
+                           scale: float, k_scales: jax.Array | None = None, v_scales: jax.Array | None = None,
+                           pages_per_compute_block: int = 8, queries_per_block: int | None = None,
+                           layer: jax.Array | int | None = None, interpret=False) -> jax.Array:
+    """Causal attention of packed chunks `q [T, Hq, D]` over paged K/V `[Hkv, NB, BS, D]` -> `[T, Hq, D]`.
+
+    Sequence s owns tokens `query_start_loc[s]:query_start_loc[s + 1]` of q, has `seq_lens[s]` tokens in its pages
+    after this step (its new tokens included) and pages `block_tables[s]`; only the first `num_seqs` sequences are
+    read and tokens past theirs get zeros. int8 pages take per-token scales `[Hkv, NB, BS]`. `layer` and
+    `interpret` as for `tpu_decode.paged_decode_attention`.
+    """
+    num_tokens, num_heads, head_dim = q.shape
+    check_pages(q.dtype, k_pages, v_pages, k_scales, v_scales, head_dim, num_heads)
+    if layer is None:
+        k_pages, v_pages = k_pages[None], v_pages[None]
+        k_scales, v_scales = (None, None) if k_scales is None else (k_scales[None], v_scales[None])
+        layer = 0
+    _, num_kv_heads, _, block_size, _ = k_pages.shape
+    tpu_rules.check_tpu_pages(block_size, head_dim, k_pages.dtype, pages_per_compute_block)
+    groups = num_heads // num_kv_heads
+    block_q = queries_per_block or default_queries_per_block(groups)
+    tpu_rules.check_tpu_query_block(block_q, groups)
+    quantized = k_scales is not None
+    padded = -(-num_tokens // block_q) * block_q
+    qh = jnp.pad(q, ((0, padded - num_tokens), (0, 0), (0, 0))).reshape(padded, num_kv_heads, groups, head_dim)
+    qh = qh.transpose(1, 0, 2, 3).reshape(num_kv_heads, padded * groups, head_dim)
+
+    q_spec = pl.BlockSpec((None, block_q * groups, head_dim), lambda i, h, *_: (h, i, 0))
+    any_spec = pl.BlockSpec(memory_space=pl.ANY)
+    kernel = functools.partial(_kernel, scale=scale, table_width=block_tables.shape[1], groups=groups,
+                               quantized=quantized)
+    out = pl.pallas_call(
+        kernel,
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=5,
+            grid=(padded // block_q, num_kv_heads),
+            in_specs=[q_spec] + [any_spec] * (4 if quantized else 2),
+            out_specs=q_spec,
+            scratch_shapes=scratch_shapes(pages_per_compute_block, block_size, head_dim, k_pages.dtype, quantized),
+        ),
+        out_shape=jax.ShapeDtypeStruct(qh.shape, q.dtype),
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel")),
+        interpret=interpret,
+        name="jaxserve_ragged_paged_tpu",
+    )(block_tables.astype(jnp.int32).reshape(-1), seq_lens.astype(jnp.int32), query_start_loc.astype(jnp.int32),
+      jnp.reshape(jnp.asarray(num_seqs, jnp.int32), (1,)), jnp.reshape(jnp.asarray(layer, jnp.int32), (1,)),
+      qh, k_pages, v_pages, *((k_scales, v_scales) if quantized else ()))
+    out = out.reshape(num_kv_heads, padded, groups, head_dim).transpose(1, 0, 2, 3)
+    return out.reshape(padded, num_heads, head_dim)[:num_tokens]
