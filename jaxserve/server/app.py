@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jaxserve.engine.async_engine import AsyncLLMEngine
 from jaxserve.sampling_params import SamplingParams
@@ -112,6 +113,11 @@ def create_app(engine: AsyncLLMEngine, served_model_name: str, metrics: ServerMe
         headers = {"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)} if exc.status == 503 else None
         return JSONResponse(P.error_body(exc.message, exc.status, exc.err_type, exc.param), status_code=exc.status,
                             headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(P.error_body(str(exc.detail), exc.status_code, "HTTPError"), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -273,6 +279,11 @@ def create_app(engine: AsyncLLMEngine, served_model_name: str, metrics: ServerMe
 
     @app.post("/detokenize")
     async def detokenize(req: P.DetokenizeRequest) -> dict:
-        return {"prompt": ready_tokenizer(req.model).decode(req.tokens)}
+        tokenizer = ready_tokenizer(req.model)
+        vocab = vocab_size() or tokenizer.vocab_size
+        bad = [t for t in req.tokens if not 0 <= t < vocab]
+        if bad:
+            raise APIError(400, f"token ids must be in [0, {vocab}); got {bad[:5]}", param="tokens")
+        return {"prompt": tokenizer.decode(req.tokens)}
 
     return app
