@@ -163,6 +163,8 @@ class ServerMetrics:
                     for r, n in sorted(self.success.items())])
             metric("num_preemptions", "counter", "Preemptions by the scheduler.",
                    [f"{p}num_preemptions_total{{{lb}}} {stats.get('num_preemptions', 0)}"])
+            metric("compiles_after_warmup", "counter", "Jitted-step compilations after warm-up (a missing bucket).",
+                   [f"{p}compiles_after_warmup_total{{{lb}}} {int(stats.get('num_compiles_after_warmup', 0) or 0)}"])
             metric("prefix_cache_queries", "counter", "Prompt tokens looked up in the prefix cache.",
                    [f"{p}prefix_cache_queries_total{{{lb}}} {int(stats.get('prefix_cache_queries', 0) or 0)}"])
             metric("prefix_cache_hits", "counter", "Prompt tokens found in the prefix cache.",
