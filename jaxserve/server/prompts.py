@@ -13,16 +13,27 @@ from jaxserve.server.errors import APIError
 logger = logging.getLogger("jaxserve.server")
 
 RESERVED_TEMPLATE_KWARGS = frozenset({"messages", "add_generation_prompt", "chat_template"})
-MAX_LOGGED_FIELDS = 20
+MAX_LOGGED_FIELDS = 20  # names per log line
+MAX_WARNED_FIELDS = 1000  # distinct names remembered; beyond that, unknown fields are logged at DEBUG only
+_warned: set[str] = set()
 
 
 def warn_unknown_fields(req: BaseModel) -> None:
-    """One WARNING line naming the request's unknown top-level fields (accepted and ignored, as vLLM does)."""
-    names = sorted(req.model_extra or {})
-    if names:
-        shown = ", ".join(repr(n[:64]) for n in names[:MAX_LOGGED_FIELDS])
+    """Log the request's unknown top-level fields (accepted and ignored, as vLLM does), names only: at WARNING the
+    first time the server sees a name, at DEBUG after that (a client that always sends one does not flood the log)."""
+    names = sorted(n[:64] for n in req.model_extra or {})
+    if not names:
+        return
+    new = [n for n in names if n not in _warned]
+    if len(_warned) < MAX_WARNED_FIELDS:
+        _warned.update(new)
+    else:
+        new = []
+    level = logging.WARNING if new else logging.DEBUG
+    if logger.isEnabledFor(level):
+        shown = ", ".join(repr(n) for n in names[:MAX_LOGGED_FIELDS])
         more = f" and {len(names) - MAX_LOGGED_FIELDS} more" if len(names) > MAX_LOGGED_FIELDS else ""
-        logger.warning("ignoring unknown request fields: %s%s", shown, more)
+        logger.log(level, "ignoring unknown request fields: %s%s", shown, more)
 
 
 def check_fields(req: Any, max_model_len: int | None) -> None:
