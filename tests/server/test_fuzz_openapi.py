@@ -7,13 +7,13 @@ cannot block the check); the whole test is bounded by its example budget and a p
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
 
+from deadline import call_with_timeout
 from engine_stub import stub_engine
 from hypothesis import HealthCheck, settings
 from schemathesis.generation.modes import GenerationMode
@@ -44,7 +44,6 @@ def running_engine():
     engine.shutdown()
 
 
-pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
 
 
 @pytest.mark.timeout(180)
@@ -54,10 +53,9 @@ pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
 def test_no_server_error_and_no_hang(case):
     if isinstance(case.body, dict) and isinstance(case.body.get("model"), str):
         case.body["model"] = MODEL  # a random name is a 404 before anything else runs
-    future = pool.submit(case.call)
     try:
-        response = future.result(timeout=REQUEST_TIMEOUT_S)
-    except concurrent.futures.TimeoutError:
+        response = call_with_timeout(case.call, REQUEST_TIMEOUT_S)
+    except TimeoutError:
         pytest.fail(f"no answer within {REQUEST_TIMEOUT_S} s: {case.method} {case.path} {case.body!r}"[:2000])
     assert response.status_code < 500, (case.method, case.path, case.body, response.text[:1000])
     if response.status_code >= 400:

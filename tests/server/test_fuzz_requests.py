@@ -4,10 +4,10 @@ wrong, never a 5xx, never a hang. (Schema-driven fuzzing rarely gets past valida
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 
 import pytest
+from deadline import call_with_timeout
 from engine_stub import MAX_MODEL_LEN, stub_engine
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, event, given, settings
@@ -84,9 +84,8 @@ def client():
                             on_output=metrics.on_output)
     engine.start()
     assert engine.ready.wait(60) and engine.is_ready, engine.load_error
-    with TestClient(create_app(engine, MODEL, metrics)) as test_client, \
-            concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        yield lambda path, body: pool.submit(test_client.post, path, json=body).result(timeout=REQUEST_TIMEOUT_S)
+    with TestClient(create_app(engine, MODEL, metrics)) as test_client:
+        yield lambda path, body: call_with_timeout(lambda: test_client.post(path, json=body), REQUEST_TIMEOUT_S)
     engine.shutdown()
 
 
