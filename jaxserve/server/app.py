@@ -14,7 +14,7 @@ from jaxserve.engine.async_engine import AsyncLLMEngine
 from jaxserve.sampling_params import SamplingParams
 from jaxserve.server import protocol as P
 from jaxserve.server.errors import APIError, bad_params
-from jaxserve.server.logprobs import chat_logprobs, completion_logprobs, prompt_logprobs
+from jaxserve.server.logprobs import chat_logprobs, prompt_logprobs
 from jaxserve.server.metrics import ServerMetrics
 from jaxserve.server.prompts import (
     chat_prompt,
@@ -24,7 +24,13 @@ from jaxserve.server.prompts import (
     truncated,
     warn_unknown_fields,
 )
-from jaxserve.server.serving import collect, start_requests, stream_events, usage_of
+from jaxserve.server.serving import (
+    collect,
+    completion_choices,
+    start_requests,
+    stream_events,
+    usage_of,
+)
 
 OPEN_PATHS = {"/health", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -200,6 +206,8 @@ def create_app(engine: AsyncLLMEngine, served_model_name: str, metrics: ServerMe
         if req.suffix is not None:
             raise APIError(400, "suffix is not supported", param="suffix")
         params = prepare(req, req.max_tokens, req.logprobs)
+        if req.echo and req.logprobs is not None and not req.stream:  # the echoed prompt's tokens get logprobs too
+            params.prompt_logprobs = max(params.prompt_logprobs or 0, req.logprobs)
         tokenizer = engine.get_tokenizer()
         prompts = completion_prompts(req.prompt, tokenizer, req.add_special_tokens, req.truncate_prompt_tokens,
                                      max_model_len())
@@ -215,15 +223,7 @@ def create_app(engine: AsyncLLMEngine, served_model_name: str, metrics: ServerMe
                 engine, streams, rid, served_model_name, False, req.n, req.logprobs, include, echo, continuous,
                 sum(len(p.get("prompt_token_ids", ())) for p in prompts)), media_type="text/event-stream")
         finals = await collect(engine, streams, request.is_disconnected)
-        choices = []
-        for p, final in enumerate(finals):
-            prefix = echo[p] if echo else ""
-            plp = prompt_logprobs(tokenizer, final.prompt_logprobs, req.prompt_logprobs or 0)
-            for o in final.outputs:
-                lp = completion_logprobs(tokenizer, o.logprobs, len(prefix)) if req.logprobs is not None else None
-                choices.append(P.CompletionChoice(index=p * req.n + o.index, text=prefix + o.text, logprobs=lp,
-                                                  finish_reason=o.finish_reason, stop_reason=o.stop_reason,
-                                                  prompt_logprobs=plp))
+        choices = completion_choices(tokenizer, finals, req.n, req.logprobs, echo, req.prompt_logprobs)
         return P.CompletionResponse(id=rid, model=served_model_name, choices=choices, usage=usage_of(finals))
 
     @app.post("/v1/chat/completions")

@@ -28,6 +28,29 @@ def completion_logprobs(tokenizer: Any, entries: list[dict[int, float]], offset:
     return lp
 
 
+def echo_logprobs(tokenizer: Any, prompt_ids: list[int], entries: list[dict[int, float] | None] | None,
+                  top_n: int) -> P.CompletionLogprobs:
+    """Completions logprobs of the prompt's own tokens (for `echo` with `logprobs`): none for the first token, then
+    each token's logprob and the `top_n` most likely tokens at its position (`entries`: the engine's prompt
+    logprobs, each led by the prompt token)."""
+    lp = P.CompletionLogprobs()
+    offset = 0
+    for pos, token in enumerate(prompt_ids):
+        text = token_text(tokenizer, token)
+        entry = entries[pos] if entries is not None and pos < len(entries) else None
+        lp.tokens.append(text)
+        lp.text_offset.append(offset)
+        offset += len(text)
+        if entry is None:
+            lp.token_logprobs.append(None)
+            lp.top_logprobs.append(None)
+            continue
+        best = sorted(entry.items(), key=lambda kv: -kv[1])[:top_n]
+        lp.token_logprobs.append(entry[token])
+        lp.top_logprobs.append({token_text(tokenizer, t): v for t, v in [(token, entry[token]), *best]})
+    return lp
+
+
 def chat_logprobs(tokenizer: Any, entries: list[dict[int, float]], top_n: int) -> P.ChatLogprobs:
     """OpenAI chat logprobs for `entries`."""
     content = []

@@ -13,7 +13,12 @@ from jaxserve.outputs import CompletionOutput, RequestOutput
 from jaxserve.sampling_params import SamplingParams
 from jaxserve.server import protocol as P
 from jaxserve.server.errors import APIError, bad_params
-from jaxserve.server.logprobs import chat_logprobs, completion_logprobs
+from jaxserve.server.logprobs import (
+    chat_logprobs,
+    completion_logprobs,
+    echo_logprobs,
+    prompt_logprobs,
+)
 
 DISCONNECT_POLL_S = 0.5
 
@@ -71,6 +76,29 @@ def usage_of(finals: list[RequestOutput]) -> P.UsageInfo:
     cached = sum(f.num_cached_tokens for f in finals)
     return P.UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
                        prompt_tokens_details=P.PromptTokensDetails(cached_tokens=cached))
+
+
+def completion_choices(tokenizer: Any, finals: list[RequestOutput], n: int, logprobs: int | None,
+                       echo: list[str] | None, num_prompt_logprobs: int | None) -> list[P.CompletionChoice]:
+    """The choices of a non-streamed completion: `n` per prompt, with the prompt first when echoing (and, with
+    `logprobs`, its tokens' logprobs, as OpenAI's API and lm-eval's loglikelihood requests expect)."""
+    choices = []
+    for p, final in enumerate(finals):
+        prefix = echo[p] if echo else ""
+        plp = (prompt_logprobs(tokenizer, final.prompt_logprobs, num_prompt_logprobs)
+               if num_prompt_logprobs is not None else None)
+        for o in final.outputs:
+            lp = completion_logprobs(tokenizer, o.logprobs, len(prefix)) if logprobs is not None else None
+            if lp is not None and echo:
+                head = echo_logprobs(tokenizer, final.prompt_token_ids, final.prompt_logprobs, logprobs)
+                lp = P.CompletionLogprobs(tokens=head.tokens + lp.tokens,
+                                          token_logprobs=head.token_logprobs + lp.token_logprobs,
+                                          top_logprobs=head.top_logprobs + lp.top_logprobs,
+                                          text_offset=head.text_offset + lp.text_offset)
+            choices.append(P.CompletionChoice(index=p * n + o.index, text=prefix + o.text, logprobs=lp,
+                                              finish_reason=o.finish_reason, stop_reason=o.stop_reason,
+                                              prompt_logprobs=plp))
+    return choices
 
 
 class ChoiceTracker:

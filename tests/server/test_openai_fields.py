@@ -96,6 +96,22 @@ def test_prompt_logprobs_agree_with_generation_logprobs(client, server_url):
     assert all(len(e) == 1 and next(iter(e.values()))["rank"] is None for e in chat_plp[1:])
 
 
+def test_echo_with_logprobs_scores_the_prompt(client, server_url):
+    """lm-eval's loglikelihood request: echo + logprobs + max_tokens 1."""
+    ids = tokenize(server_url, PROMPT)
+    resp = greedy(client, PROMPT, 1, echo=True, logprobs=1)
+    lp = resp.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(ids) + 1
+    assert "".join(lp.tokens) == resp.choices[0].text and resp.choices[0].text.startswith(PROMPT)
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[0] == 0
+    scored = greedy(client, ids, 1, extra_body={"prompt_logprobs": 1}).choices[0].model_extra["prompt_logprobs"]
+    for pos in range(1, len(ids)):
+        assert lp.token_logprobs[pos] == pytest.approx(scored[pos][str(ids[pos])]["logprob"], abs=1e-4)
+        assert 1 <= len(lp.top_logprobs[pos]) <= 2 and lp.tokens[pos] in lp.top_logprobs[pos]
+    assert resp.choices[0].model_extra.get("prompt_logprobs") is None  # only when asked for
+
+
 def test_continuous_usage_stats(client):
     chunks = list(greedy(client, PROMPT, 6, stream=True,
                          stream_options={"include_usage": True, "continuous_usage_stats": True}))
