@@ -35,8 +35,8 @@ def test_unknown_fields_are_accepted_and_named_once(client, caplog):
     body = {"model": "stub", "prompt": "hello", "max_tokens": 2, field: SECRET}
     for _ in range(3):
         assert client.post("/v1/completions", json=body).status_code == 200
-    assert client.post("/v1/chat/completions", json={"model": "stub", "max_tokens": 2, field: SECRET,
-                                                     "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+    chat = {"model": "stub", "max_tokens": 2, field: SECRET, "messages": [{"role": "user", "content": "hi"}]}
+    assert client.post("/v1/chat/completions", json=chat).status_code == 200
     warned = _warnings(caplog)
     assert len(warned) == 1 and field in warned[0]
     debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG and field in r.getMessage()]
