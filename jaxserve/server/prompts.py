@@ -16,6 +16,7 @@ RESERVED_TEMPLATE_KWARGS = frozenset({"messages", "add_generation_prompt", "chat
 MAX_LOGGED_FIELDS = 20  # names per log line
 MAX_WARNED_FIELDS = 1000  # distinct names remembered; beyond that, unknown fields are logged at DEBUG only
 _warned: set[str] = set()
+MAX_N = 128  # choices per prompt, as OpenAI's API allows: bounds the work (and memory) of one request
 
 
 def warn_unknown_fields(req: BaseModel) -> None:
@@ -38,6 +39,8 @@ def warn_unknown_fields(req: BaseModel) -> None:
 
 def check_fields(req: Any, max_model_len: int | None) -> None:
     """400 for the fields every generation request shares and SamplingParams does not validate."""
+    if req.n > MAX_N:
+        raise APIError(400, f"n must be at most {MAX_N}, got {req.n}", param="n")
     if req.priority:
         raise APIError(400, "priority scheduling is not supported (requests run first come, first served): "
                        f"priority must be 0, got {req.priority}", param="priority")

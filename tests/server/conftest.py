@@ -6,12 +6,9 @@ from __future__ import annotations
 import os
 
 import pytest
+from server_helpers import SERVER_FLAGS
 
 from jaxserve.server.testing import start_server
-
-MODEL = "SmolLM2-135M-Instruct"
-SERVER_FLAGS = ["--max-model-len", "512", "--max-num-seqs", "16", "--max-num-batched-tokens", "128",
-                "--no-progress"]
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from jaxserve.engine.scheduler import ScheduledBatch
 from jaxserve.sampling_params import MAX_LOGPROBS
 
 MAX_MODEL_LEN = 128
-NUM_BLOCKS = 64
+NUM_BLOCKS = 1024  # the tiny model's pages cost 64 bytes per token: room for many sequences
 
 
 class RandomRunner:
@@ -47,7 +47,7 @@ class RandomRunner:
 
 
 def stub_engine() -> Any:
-    """An LLMEngine over RandomRunner (max_model_len 128, 8 sequences, 64-token steps, 64 pages of 16)."""
+    """An LLMEngine over RandomRunner (max_model_len 128, 64 sequences, 256-token steps, 1024 pages of 16)."""
     from jaxserve.checkpoint import default_model_path
     from jaxserve.engine.llm_engine import LLMEngine
     from jaxserve.tokenizer import load_tokenizer
@@ -57,8 +57,8 @@ def stub_engine() -> Any:
                         num_layers=1, num_heads=1, num_kv_heads=1, head_dim=8, max_position_embeddings=MAX_MODEL_LEN,
                         eos_token_ids=tuple(sorted(tokenizer.eos_token_ids)))
     config = EngineConfig(model=model, cache=CacheConfig(block_size=16, num_kv_blocks=NUM_BLOCKS),
-                          scheduler=SchedulerConfig(max_model_len=MAX_MODEL_LEN, max_num_seqs=8,
-                                                    max_num_batched_tokens=64),
+                          scheduler=SchedulerConfig(max_model_len=MAX_MODEL_LEN, max_num_seqs=64,
+                                                    max_num_batched_tokens=256),
                           compile_all_buckets=False)
     engine = LLMEngine(config, {}, tokenizer, NUM_BLOCKS, progress=False)
     engine.runner = RandomRunner(model.vocab_size)

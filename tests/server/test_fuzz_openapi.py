@@ -13,10 +13,10 @@ import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
 
-from deadline import call_with_timeout
 from engine_stub import stub_engine
 from hypothesis import HealthCheck, settings
 from schemathesis.generation.modes import GenerationMode
+from server_helpers import call_with_timeout
 
 from jaxserve.engine.async_engine import AsyncLLMEngine
 from jaxserve.server.app import create_app

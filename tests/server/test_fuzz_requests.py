@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from deadline import call_with_timeout
 from engine_stub import MAX_MODEL_LEN, stub_engine
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from server_helpers import call_with_timeout
 
 from jaxserve.engine.async_engine import AsyncLLMEngine
 from jaxserve.server.app import create_app
@@ -108,7 +108,8 @@ def _check(path: str, body: dict, response) -> None:
     assert data["choices"] and all(ch["finish_reason"] in ("stop", "length") for ch in data["choices"])
     usage = data["usage"]
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-    assert usage["completion_tokens"] <= len(data["choices"]) * (body.get("max_tokens") or MAX_MODEL_LEN)
+    limit = body.get("max_completion_tokens", body.get("max_tokens")) or MAX_MODEL_LEN  # chat: the former wins
+    assert usage["completion_tokens"] <= len(data["choices"]) * limit
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))

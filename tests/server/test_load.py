@@ -12,7 +12,7 @@ import re
 import time
 
 import httpx
-from conftest import MODEL
+from server_helpers import MODEL
 
 NUM_REQUESTS = 64
 NUM_DISCONNECT = 16

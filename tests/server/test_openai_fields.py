@@ -9,7 +9,7 @@ from collections import Counter
 import httpx
 import openai
 import pytest
-from conftest import MODEL
+from server_helpers import MODEL
 
 PROMPT = "The capital of France is"
 COUNT = "Count: 1, 2, 1, 2, 1, 2"
@@ -148,6 +148,7 @@ def test_cached_tokens_cache_salt_and_unknown_fields(client, server_url):
 
 @pytest.mark.parametrize(("extra", "param"), [
     ({"priority": 1}, "priority"),
+    ({"n": 129}, "n"),
     ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
     ({"truncate_prompt_tokens": 513}, "truncate_prompt_tokens"),
     ({"logit_bias": {"49152": 1}}, "logit_bias"),
@@ -173,3 +174,6 @@ def test_new_field_errors_through_the_client(client):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2,
                                        logit_bias={"-1": 5})
     assert exc.value.status_code == 400 and "logit_bias" in exc.value.message
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model=MODEL, messages=[], max_tokens=2)
+    assert "messages" in exc.value.message

@@ -1,10 +1,15 @@
-"""Calls with a deadline for the fuzz tests: a hung request fails its test instead of hanging the run."""
+"""Helpers for the server tests: the shared server's model and flags, and calls with a deadline (a hung request
+fails its test instead of hanging the run). Imported by name, so the name is unique across tests/ directories."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
 from typing import Any
+
+MODEL = "SmolLM2-135M-Instruct"
+SERVER_FLAGS = ["--max-model-len", "512", "--max-num-seqs", "16", "--max-num-batched-tokens", "128",
+                "--no-progress"]
 
 
 def call_with_timeout(fn: Callable[[], Any], timeout: float) -> Any:
