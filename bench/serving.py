@@ -15,9 +15,8 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shlex
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -136,7 +135,11 @@ async def run(args: argparse.Namespace) -> dict:
                 await asyncio.sleep(gap)
         results = await asyncio.gather(*tasks)
         duration = time.perf_counter() - t0
-    return summarize(args, model, results, duration, state["peak"])
+        summary = summarize(args, model, results, duration, state["peak"])
+        metrics = (await client.get("/metrics")).text
+    match = re.search(r"^jaxserve:compiles_after_warmup_total(?:\{[^}]*\})? (\S+)$", metrics, re.MULTILINE)
+    summary["compiles_after_warmup"] = int(float(match.group(1))) if match else None
+    return summary
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -189,6 +192,7 @@ def print_table(s: dict) -> str:
     row("Request throughput (req/s):", s["request_throughput"], ".2f")
     row("Output token throughput (tok/s):", s["output_throughput"], ".2f")
     row("Total token throughput (tok/s):", s["total_token_throughput"], ".2f")
+    row("Server compilations after warm-up:", str(s.get("compiles_after_warmup")))
     for key, title, long in (("ttft_ms", "Time to First Token", "TTFT"),
                              ("tpot_ms", "Time per Output Token (excl. 1st token)", "TPOT"),
                              ("itl_ms", "Inter-token Latency", "ITL"), ("e2e_ms", "End-to-end Latency", "E2EL")):
@@ -200,92 +204,6 @@ def print_table(s: dict) -> str:
     text = "\n".join(lines)
     print(text, flush=True)
     return text
-
-
-def plot(s: dict, path: str) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: skipping the PNG", flush=True)
-        return
-    ok = [r for r in s["requests"] if r["success"]]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    ax = axes[0]
-    for label, values in (("TTFT", [r["ttft"] for r in ok]), ("ITL", [x for r in ok for x in r["itl"]]),
-                          ("E2E", [r["e2e"] for r in ok])):
-        if values:
-            v = np.sort(np.asarray(values) * 1000.0)
-            ax.plot(v, np.arange(1, len(v) + 1) / len(v), label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel("latency (ms)")
-    ax.set_ylabel("CDF")
-    ax.set_title("Latency CDFs")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    ax = axes[1]
-    times = np.sort(np.asarray([t for r in ok for t in r["chunk_times"]]))
-    if len(times):
-        bins = np.arange(0.0, max(times.max(), 1.0) + 1.0, 1.0)
-        counts, edges = np.histogram(times, bins=bins)
-        ax.plot(edges[:-1], counts, drawstyle="steps-post", label="output chunks/s (~tok/s)")
-        starts = np.sort([r["start"] for r in s["requests"]])
-        ends = np.sort([r["start"] + r["e2e"] for r in ok])
-        grid = edges[:-1]
-        active = np.searchsorted(starts, grid, side="right") - np.searchsorted(ends, grid, side="right")
-        ax2 = ax.twinx()
-        ax2.plot(grid, active, color="tab:orange", drawstyle="steps-post", label="requests in flight")
-        ax2.set_ylabel("requests in flight")
-        ax2.legend(loc="upper right")
-    ax.set_xlabel("time since start (s)")
-    ax.set_ylabel("streamed chunks per second")
-    ax.set_title("Throughput over time")
-    ax.legend(loc="upper left")
-    fig.suptitle(f"{s['model']}: {s['successful_requests']} requests, {s['output_throughput']:.1f} output tok/s")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"wrote {path}", flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def launch(flags: str, timeout: float) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    cmd = [sys.executable, os.path.join(ROOT, "serve.py"), "--port", str(port), "--no-progress",
-           *shlex.split(flags)]
-    print("launching:", shlex.join(cmd), flush=True)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS",
-                                                                                              "cpu")})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with status {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            stop(proc)
-            raise SystemExit("server did not become healthy")
-        time.sleep(0.5)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-    try:
-        proc.wait(timeout=40)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -306,24 +224,34 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=DEFAULT_OUT, help="JSON path; the PNG goes next to it")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--launch", default=None, metavar="FLAGS",
-                   help='start `python serve.py FLAGS` on a free port (ignores --base-url), run, stop it')
+                   help="start `jaxserve serve FLAGS` on a free port (ignores --base-url; its log goes next to the "
+                   "JSON), run, stop it")
     p.add_argument("--launch-timeout", type=float, default=300.0)
     args = p.parse_args(argv)
 
-    proc = None
+    server = None
     if args.launch is not None:
-        proc, args.base_url = launch(args.launch, args.launch_timeout)
+        sys.path.insert(0, ROOT)
+        from jaxserve.server.testing import start_server
+
+        log_path = os.path.splitext(args.out)[0] + "-server.log"
+        os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+        server = start_server(["--no-progress", *shlex.split(args.launch)], log_level="INFO",
+                              timeout=args.launch_timeout, log_path=log_path, echo=True)
+        args.base_url = server.url
     try:
         summary = asyncio.run(run(args))
     finally:
-        if proc is not None:
-            stop(proc)
+        if server is not None:
+            server.stop()
     summary["table"] = print_table(summary)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(summary, f, indent=1)
     print(f"wrote {args.out}", flush=True)
     if not args.no_plot:
+        from serving_plot import plot
+
         plot(summary, os.path.splitext(args.out)[0] + ".png")
 
 

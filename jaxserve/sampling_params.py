@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 MAX_LOGPROBS = 20  # the most top-logprobs a request may ask for (per token, and per prompt position)
+MAX_LOGIT_BIAS = 300  # the most token ids one request may bias
+LOGIT_BIAS_RANGE = 100.0  # biases lie in [-100, 100], as in OpenAI's API
 
 
 @dataclasses.dataclass
@@ -14,7 +17,8 @@ class SamplingParams:
 
     temperature 0 means greedy. top_k 0 or -1 disables top-k; top_p 1 and min_p 0 disable theirs. A `seed` makes
     the request's samples reproducible whatever else shares its batch. `max_tokens=None` generates up to the
-    model's context length.
+    model's context length. `logit_bias` maps token ids to values added to their logits before sampling
+    (greedy included).
     """
 
     n: int = 1
@@ -35,12 +39,14 @@ class SamplingParams:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
+    logit_bias: dict[int, float] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = list(self.stop or [])
         self.stop_token_ids = list(self.stop_token_ids or [])
+        self.logit_bias = dict(self.logit_bias or {})
         self._validate()
 
     def _validate(self) -> None:
@@ -84,6 +90,18 @@ class SamplingParams:
             fail("stop", "must be non-empty strings")
         if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
             fail("stop_token_ids", "must be non-negative integers")
+        self._validate_logit_bias(fail)
+
+    def _validate_logit_bias(self, fail: Callable[[str, str], None]) -> None:
+        if len(self.logit_bias) > MAX_LOGIT_BIAS:
+            raise ValueError(f"SamplingParams.logit_bias may bias at most {MAX_LOGIT_BIAS} tokens, got "
+                             f"{len(self.logit_bias)}")
+        for token, bias in self.logit_bias.items():
+            if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+                fail("logit_bias", "keys must be non-negative token ids")
+            if (isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias)
+                    or abs(bias) > LOGIT_BIAS_RANGE):
+                fail("logit_bias", f"values must be numbers in [-{LOGIT_BIAS_RANGE:g}, {LOGIT_BIAS_RANGE:g}]")
 
     @property
     def greedy(self) -> bool:
@@ -96,5 +114,5 @@ class SamplingParams:
         return bool(
             (self.top_k not in (0, -1)) or self.top_p < 1.0 or self.min_p > 0.0
             or self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
-            or self.logprobs is not None or self.min_tokens > 0
+            or self.logprobs is not None or self.min_tokens > 0 or bool(self.logit_bias)
         )

@@ -187,10 +187,7 @@ class AsyncLLMEngine:
             stream.put(exc)
             return
         self._streams[stream.request_id] = stream
-        try:
-            self.last_stats = self.engine.stats()  # so the waiting count includes it before the next step
-        except Exception:
-            logger.exception("engine stats failed")
+        self._refresh_stats()  # so the waiting count includes it before the next step
         with self._pending_lock:
             self._num_pending -= 1
         stream.put(_ACCEPTED)
@@ -201,12 +198,19 @@ class AsyncLLMEngine:
             self.engine.abort_request(request_id)
         except Exception:
             logger.exception("abort of %s failed", request_id)
+        self._refresh_stats()  # an idle engine runs no step after this: the gauges must not stay stale
         if stream is not None and self._on_finished is not None and stream.last is not None:
             last = stream.last
             for o in last.outputs:
                 if o.finish_reason is None:
                     o.finish_reason = "abort"
             self._safe_hook(self._on_finished, last)
+
+    def _refresh_stats(self) -> None:
+        try:
+            self.last_stats = {**self.engine.stats(), "last_step_tokens": 0}
+        except Exception:
+            logger.exception("engine stats failed")
 
     @staticmethod
     def _tokens_so_far(stats: dict[str, Any]) -> int:

@@ -3,7 +3,8 @@
 Three compiled variants, chosen per step on the host:
   "greedy"  argmax only;
   "sample"  temperature and Gumbel-max sampling (rows with temperature 0 stay greedy);
-  "full"    also repetition / presence / frequency penalties, top-k, top-p, min-p, min_tokens and top logprobs.
+  "full"    also logit bias, repetition / presence / frequency penalties, top-k, top-p, min-p, min_tokens and top
+            logprobs.
 Randomness comes from a key per row derived from (request seed, sample index, output position), so a seeded
 request draws the same tokens whatever else shares its batch.
 """
@@ -36,6 +37,8 @@ class SamplingTensors:
     token_ids: jax.Array  # prompt + output tokens, -1 padded (full only, else [rows, 0])
     num_prompt_tokens: jax.Array
     banned_ids: jax.Array  # ids masked out (EOS while below min_tokens), -1 padded (full only, else [rows, 0])
+    bias_ids: jax.Array  # logit_bias token ids, -1 padded (full only, else [rows, 0])
+    bias_values: jax.Array  # the biases of bias_ids (full only, else [rows, 0])
 
 
 jax.tree_util.register_dataclass(SamplingTensors, data_fields=[f.name for f in dataclasses.fields(SamplingTensors)],
@@ -50,6 +53,7 @@ def sample(logits: jax.Array, t: SamplingTensors, variant: str) -> dict[str, jax
     """
     raw_logprobs = jax.nn.log_softmax(logits, axis=-1)
     if variant == "full":
+        logits = _apply_logit_bias(logits, t.bias_ids, t.bias_values)
         logits = _apply_penalties(logits, t)
         logits = jnp.where(_banned_mask(logits.shape, t.banned_ids), -jnp.inf, logits)
     if variant == "greedy":
@@ -95,6 +99,11 @@ def _apply_penalties(logits: jax.Array, t: SamplingTensors) -> jax.Array:
     logits = jnp.where(seen, jnp.where(logits > 0, logits / rep, logits * rep), logits)
     logits = logits - t.frequency_penalty[:, None] * counts
     return logits - t.presence_penalty[:, None] * (counts > 0)
+
+
+def _apply_logit_bias(logits: jax.Array, ids: jax.Array, values: jax.Array) -> jax.Array:
+    rows = jnp.broadcast_to(jnp.arange(logits.shape[0])[:, None], ids.shape)
+    return logits.at[rows, jnp.where(ids >= 0, ids, 0)].add(jnp.where(ids >= 0, values, 0.0))
 
 
 def _banned_mask(shape: tuple[int, int], banned_ids: jax.Array) -> jax.Array:

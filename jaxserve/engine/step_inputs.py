@@ -8,6 +8,7 @@ import numpy as np
 
 from jaxserve.engine.scheduler import ScheduledBatch
 from jaxserve.engine.sequence import Sequence
+from jaxserve.sampling_params import MAX_LOGIT_BIAS
 
 BANNED_IDS_WIDTH = 32  # EOS + stop_token_ids masked while below min_tokens; more are truncated
 
@@ -83,6 +84,8 @@ def build_sampling_rows(seqs: list[Sequence], num_rows: int, full: bool, max_mod
         "step": np.zeros(num_rows, np.int32), "num_prompt_tokens": np.zeros(num_rows, np.int32),
         "token_ids": np.full((num_rows, max_model_len if full else 0), -1, np.int32),
         "banned_ids": np.full((num_rows, BANNED_IDS_WIDTH if full else 0), -1, np.int32),
+        "bias_ids": np.full((num_rows, MAX_LOGIT_BIAS if full else 0), -1, np.int32),
+        "bias_values": np.zeros((num_rows, MAX_LOGIT_BIAS if full else 0), f32),
     }
     for row, seq in enumerate(seqs):
         p = seq.params
@@ -101,4 +104,7 @@ def build_sampling_rows(seqs: list[Sequence], num_rows: int, full: bool, max_mod
             if seq.num_output_tokens < p.min_tokens:
                 banned = list(dict.fromkeys((*eos_token_ids, *p.stop_token_ids)))[:BANNED_IDS_WIDTH]
                 rows["banned_ids"][row, :len(banned)] = banned
+            if p.logit_bias:
+                rows["bias_ids"][row, :len(p.logit_bias)] = list(p.logit_bias)
+                rows["bias_values"][row, :len(p.logit_bias)] = list(p.logit_bias.values())
     return rows

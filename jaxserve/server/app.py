@@ -8,16 +8,25 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jaxserve.engine.async_engine import AsyncLLMEngine
+from jaxserve.sampling_params import SamplingParams
 from jaxserve.server import protocol as P
+from jaxserve.server.errors import APIError, bad_params
+from jaxserve.server.logprobs import chat_logprobs, prompt_logprobs
 from jaxserve.server.metrics import ServerMetrics
+from jaxserve.server.prompts import (
+    chat_prompt,
+    check_fields,
+    completion_prompts,
+    parse_logit_bias,
+    truncated,
+    warn_unknown_fields,
+)
 from jaxserve.server.serving import (
-    APIError,
-    bad_params,
-    chat_logprobs,
     collect,
-    completion_logprobs,
+    completion_choices,
     start_requests,
     stream_events,
     usage_of,
@@ -94,13 +103,6 @@ class MaxBodySizeMiddleware:
         await self.app(scope, replay, send)
 
 
-def _message_text(content: Any) -> Any:
-    """Chat content parts ([{"type": "text", "text": ...}]) flattened to a string."""
-    if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return content
-
-
 def create_app(engine: AsyncLLMEngine, served_model_name: str, metrics: ServerMetrics | None = None,
                api_key: str | None = None, max_queue_len: int | None = None,
                max_body_bytes: int | None = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
@@ -117,6 +119,11 @@ def create_app(engine: AsyncLLMEngine, served_model_name: str, metrics: ServerMe
         headers = {"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)} if exc.status == 503 else None
         return JSONResponse(P.error_body(exc.message, exc.status, exc.err_type, exc.param), status_code=exc.status,
                             headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(P.error_body(str(exc.detail), exc.status_code, "HTTPError"), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -149,7 +156,8 @@ def create_app(engine: AsyncLLMEngine, served_model_name: str, metrics: ServerMe
             raise APIError(404, f"The model `{name}` does not exist.", "NotFoundError", "model")
 
     def max_model_len() -> int | None:
-        return engine.engine.config.scheduler.max_model_len if engine.engine is not None else None
+        config = getattr(engine.engine, "config", None)
+        return config.scheduler.max_model_len if config is not None else None
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -170,70 +178,81 @@ def create_app(engine: AsyncLLMEngine, served_model_name: str, metrics: ServerMe
                                             "owned_by": "jaxserve", "root": served_model_name,
                                             "max_model_len": max_model_len()}]}
 
-    @app.post("/v1/completions")
-    async def completions(req: P.CompletionRequest, request: Request) -> Any:
-        arrival = time.monotonic()
+    def vocab_size() -> int | None:
+        config = getattr(engine.engine, "config", None)
+        return config.model.vocab_size if config is not None else None
+
+    def prepare(req: P.CompletionRequest | P.ChatCompletionRequest, max_tokens: int | None,
+                logprobs: int | None) -> SamplingParams:
+        """The checks every generation request goes through, then its SamplingParams."""
         check_ready()
         check_model(req.model)
         check_queue()
-        if req.suffix is not None:
-            raise APIError(400, "suffix is not supported", param="suffix")
-        if req.stream_options is not None and not req.stream:
-            raise APIError(400, "stream_options is only allowed with stream=true", param="stream_options")
+        warn_unknown_fields(req)
+        check_fields(req, max_model_len())
         try:
-            params = req.sampling_params(req.max_tokens, req.logprobs)
+            return req.sampling_params(max_tokens, logprobs, parse_logit_bias(req.logit_bias, vocab_size()))
         except ValueError as exc:
             raise bad_params(exc) from exc
-        prompts = _completion_prompts(req.prompt)
-        rid = req.request_id or P.random_id("cmpl")
-        streams = await start_requests(engine, rid, prompts, params, arrival)
+
+    def usage_flags(req: P.CompletionRequest | P.ChatCompletionRequest) -> tuple[bool, bool]:
+        opts = req.stream_options
+        include = bool(opts and opts.include_usage)
+        return include, include and bool(opts and opts.continuous_usage_stats)
+
+    @app.post("/v1/completions")
+    async def completions(req: P.CompletionRequest, request: Request) -> Any:
+        arrival = time.monotonic()
+        if req.suffix is not None:
+            raise APIError(400, "suffix is not supported", param="suffix")
+        params = prepare(req, req.max_tokens, req.logprobs)
+        if req.echo and req.logprobs is not None and not req.stream:  # the echoed prompt's tokens get logprobs too
+            params.prompt_logprobs = max(params.prompt_logprobs or 0, req.logprobs)
         tokenizer = engine.get_tokenizer()
+        prompts = completion_prompts(req.prompt, tokenizer, req.add_special_tokens, req.truncate_prompt_tokens,
+                                     max_model_len())
+        rid = req.request_id or P.random_id("cmpl")
+        streams = await start_requests(engine, rid, prompts, params, arrival, req.cache_salt)
         echo = None
         if req.echo:
-            echo = [p if isinstance(p, str) else (tokenizer.decode(p) if tokenizer else "") for p in prompts]
+            echo = [p["prompt"] if p.get("prompt") is not None else (tokenizer.decode(p["prompt_token_ids"])
+                                                                 if tokenizer else "") for p in prompts]
         if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(stream_events(engine, streams, rid, served_model_name, False, req.n,
-                                                   req.logprobs, include_usage, echo),
-                                     media_type="text/event-stream")
+            include, continuous = usage_flags(req)
+            return StreamingResponse(stream_events(
+                engine, streams, rid, served_model_name, False, req.n, req.logprobs, include, echo, continuous,
+                sum(len(p.get("prompt_token_ids", ())) for p in prompts)), media_type="text/event-stream")
         finals = await collect(engine, streams, request.is_disconnected)
-        choices = []
-        for p, final in enumerate(finals):
-            prefix = echo[p] if echo else ""
-            for o in final.outputs:
-                lp = completion_logprobs(tokenizer, o.logprobs, len(prefix)) if req.logprobs is not None else None
-                choices.append(P.CompletionChoice(index=p * req.n + o.index, text=prefix + o.text, logprobs=lp,
-                                                  finish_reason=o.finish_reason, stop_reason=o.stop_reason))
+        choices = completion_choices(tokenizer, finals, req.n, req.logprobs, echo, req.prompt_logprobs)
         return P.CompletionResponse(id=rid, model=served_model_name, choices=choices, usage=usage_of(finals))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: P.ChatCompletionRequest, request: Request) -> Any:
         arrival = time.monotonic()
-        check_ready()
-        check_model(req.model)
-        check_queue()
-        if req.stream_options is not None and not req.stream:
-            raise APIError(400, "stream_options is only allowed with stream=true", param="stream_options")
         top_n = (req.top_logprobs or 0) if req.logprobs else None
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        params = prepare(req, max_tokens, top_n)
+        tokenizer = engine.get_tokenizer()
         try:
-            params = req.sampling_params(max_tokens, top_n)
-            prompt = _chat_prompt(engine, req.messages, req.add_generation_prompt, req.chat_template_kwargs)
+            prompt = chat_prompt(tokenizer, req.messages, req.add_generation_prompt, req.chat_template_kwargs)
         except ValueError as exc:
             raise bad_params(exc) from exc
+        prompt = truncated(prompt, req.truncate_prompt_tokens, max_model_len())
         rid = req.request_id or P.random_id("chatcmpl")
-        streams = await start_requests(engine, rid, [prompt], params, arrival)
+        streams = await start_requests(engine, rid, [prompt], params, arrival, req.cache_salt)
         if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(stream_events(engine, streams, rid, served_model_name, True, req.n, top_n,
-                                                   include_usage), media_type="text/event-stream")
+            include, continuous = usage_flags(req)
+            return StreamingResponse(stream_events(
+                engine, streams, rid, served_model_name, True, req.n, top_n, include, None, continuous,
+                len(prompt["prompt_token_ids"])), media_type="text/event-stream")
         finals = await collect(engine, streams, request.is_disconnected)
-        tokenizer = engine.get_tokenizer()
         choices = [P.ChatChoice(index=o.index, message=P.ChatMessage(content=o.text),
                                 logprobs=chat_logprobs(tokenizer, o.logprobs, top_n) if top_n is not None else None,
                                 finish_reason=o.finish_reason, stop_reason=o.stop_reason)
                    for o in finals[0].outputs]
-        return P.ChatCompletionResponse(id=rid, model=served_model_name, choices=choices, usage=usage_of(finals))
+        return P.ChatCompletionResponse(
+            id=rid, model=served_model_name, choices=choices, usage=usage_of(finals),
+            prompt_logprobs=prompt_logprobs(tokenizer, finals[0].prompt_logprobs, req.prompt_logprobs or 0))
 
     def ready_tokenizer(model: str | None) -> Any:
         """The engine's tokenizer, after the checks every tokenizer route makes."""
@@ -249,7 +268,7 @@ def create_app(engine: AsyncLLMEngine, served_model_name: str, metrics: ServerMe
         tokenizer = ready_tokenizer(req.model)
         try:
             if req.messages is not None:
-                tokens = _chat_prompt(engine, req.messages, req.add_generation_prompt, None)["prompt_token_ids"]
+                tokens = chat_prompt(tokenizer, req.messages, req.add_generation_prompt, None)["prompt_token_ids"]
             elif req.prompt is not None:
                 tokens = tokenizer.encode(req.prompt, add_special_tokens=req.add_special_tokens)
             else:
@@ -260,27 +279,11 @@ def create_app(engine: AsyncLLMEngine, served_model_name: str, metrics: ServerMe
 
     @app.post("/detokenize")
     async def detokenize(req: P.DetokenizeRequest) -> dict:
-        return {"prompt": ready_tokenizer(req.model).decode(req.tokens)}
+        tokenizer = ready_tokenizer(req.model)
+        vocab = vocab_size() or tokenizer.vocab_size
+        bad = [t for t in req.tokens if not 0 <= t < vocab]
+        if bad:
+            raise APIError(400, f"token ids must be in [0, {vocab}); got {bad[:5]}", param="tokens")
+        return {"prompt": tokenizer.decode(req.tokens)}
 
     return app
-
-
-def _completion_prompts(prompt: Any) -> list[Any]:
-    """str | [str] | [int] | [[int]] -> a list of engine prompts."""
-    if isinstance(prompt, str):
-        return [prompt]
-    if not prompt:
-        raise APIError(400, "prompt must not be empty", param="prompt")
-    if all(isinstance(x, int) for x in prompt):
-        return [list(prompt)]
-    return list(prompt)
-
-
-def _chat_prompt(engine: AsyncLLMEngine, messages: list[dict[str, Any]], add_generation_prompt: bool,
-                 kwargs: dict[str, Any] | None) -> dict[str, Any]:
-    tokenizer = engine.get_tokenizer()
-    if tokenizer is None:
-        raise ValueError("chat needs a tokenizer (the server runs with skip_tokenizer_init)")
-    msgs = [{**m, "content": _message_text(m.get("content"))} for m in messages]
-    text = tokenizer.apply_chat_template(msgs, add_generation_prompt=add_generation_prompt, **(kwargs or {}))
-    return {"prompt": text, "prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)}

@@ -163,6 +163,12 @@ class ServerMetrics:
                     for r, n in sorted(self.success.items())])
             metric("num_preemptions", "counter", "Preemptions by the scheduler.",
                    [f"{p}num_preemptions_total{{{lb}}} {stats.get('num_preemptions', 0)}"])
+            metric("compiles_after_warmup", "counter", "Jitted-step compilations after warm-up (a missing bucket).",
+                   [f"{p}compiles_after_warmup_total{{{lb}}} {int(stats.get('num_compiles_after_warmup', 0) or 0)}"])
+            metric("prefix_cache_queries", "counter", "Prompt tokens looked up in the prefix cache.",
+                   [f"{p}prefix_cache_queries_total{{{lb}}} {int(stats.get('prefix_cache_queries', 0) or 0)}"])
+            metric("prefix_cache_hits", "counter", "Prompt tokens found in the prefix cache.",
+                   [f"{p}prefix_cache_hits_total{{{lb}}} {int(stats.get('prefix_cache_hits', 0) or 0)}"])
             metric("time_to_first_token_seconds", "histogram", "Time from arrival to the first token.",
                    self.ttft.render(f"{p}time_to_first_token_seconds", lb))
             metric("e2e_request_latency_seconds", "histogram", "Time from arrival to the end of a request.",

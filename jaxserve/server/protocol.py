@@ -1,4 +1,4 @@
-"""Request and response models of the OpenAI-compatible API (unknown request fields are ignored)."""
+"""Request and response models of the OpenAI-compatible API (unknown request fields are accepted, then ignored)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from jaxserve.sampling_params import SamplingParams
 
 
 class OpenAIModel(BaseModel):
-    """Base: extra fields ignored, as vLLM does."""
+    """Base of requests: unknown fields are kept in `model_extra` (to be logged), then ignored, as vLLM does."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
 
-class StreamOptions(OpenAIModel):
+class StreamOptions(BaseModel):
     include_usage: bool = False
     continuous_usage_stats: bool = False
 
@@ -46,11 +46,16 @@ class SamplingFields(OpenAIModel):
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     prompt_logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    truncate_prompt_tokens: int | None = None
+    cache_salt: str | None = None
+    priority: int = 0
     request_id: str | None = None
     user: str | None = None
 
-    def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
-        """SamplingParams for this request; raises ValueError naming a bad field."""
+    def sampling_params(self, max_tokens: int | None, logprobs: int | None,
+                        logit_bias: dict[int, float] | None = None) -> SamplingParams:
+        """SamplingParams for this request (`logit_bias` already parsed); raises ValueError naming a bad field."""
         return SamplingParams(
             n=self.n, temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p, top_k=self.top_k, min_p=self.min_p, seed=self.seed,
@@ -58,7 +63,8 @@ class SamplingFields(OpenAIModel):
             repetition_penalty=self.repetition_penalty, stop=self.stop, stop_token_ids=self.stop_token_ids,
             include_stop_str_in_output=self.include_stop_str_in_output, ignore_eos=self.ignore_eos,
             max_tokens=max_tokens, min_tokens=self.min_tokens, logprobs=logprobs,
-            prompt_logprobs=self.prompt_logprobs, skip_special_tokens=self.skip_special_tokens)
+            prompt_logprobs=self.prompt_logprobs, skip_special_tokens=self.skip_special_tokens,
+            logit_bias=logit_bias)
 
 
 class CompletionRequest(SamplingFields):
@@ -71,7 +77,7 @@ class CompletionRequest(SamplingFields):
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[dict[str, Any]]
+    messages: list[dict[str, Any]] = Field(min_length=1)
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
@@ -93,10 +99,23 @@ class DetokenizeRequest(OpenAIModel):
     tokens: list[int]
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
+
+
 class UsageInfo(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+
+class Logprob(BaseModel):
+    """One entry of vLLM's `prompt_logprobs`."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
 
 
 class CompletionLogprobs(BaseModel):
@@ -112,6 +131,7 @@ class CompletionChoice(BaseModel):
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    prompt_logprobs: list[dict[str, Logprob] | None] | None = None
 
 
 class CompletionResponse(BaseModel):
@@ -170,6 +190,7 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: UsageInfo | None = None
+    prompt_logprobs: list[dict[str, Logprob] | None] | None = None
 
 
 class StreamChunk(BaseModel):
@@ -186,6 +207,8 @@ class StreamChunk(BaseModel):
         """The chunk as one SSE event (usage omitted unless set, delta fields omitted when unset)."""
         data = self.model_dump(exclude={"usage"} if self.usage is None else None)
         for choice in data["choices"]:
+            if choice.get("prompt_logprobs", 0) is None:
+                del choice["prompt_logprobs"]
             delta = choice.get("delta")
             if delta is not None:
                 choice["delta"] = {k: v for k, v in delta.items() if v is not None}

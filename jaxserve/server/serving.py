@@ -12,34 +12,24 @@ from jaxserve.engine.async_engine import AsyncLLMEngine, RequestStream
 from jaxserve.outputs import CompletionOutput, RequestOutput
 from jaxserve.sampling_params import SamplingParams
 from jaxserve.server import protocol as P
+from jaxserve.server.errors import APIError, bad_params
+from jaxserve.server.logprobs import (
+    chat_logprobs,
+    completion_logprobs,
+    echo_logprobs,
+    prompt_logprobs,
+)
 
 DISCONNECT_POLL_S = 0.5
 
 
-class APIError(Exception):
-    """An error answered with OpenAI's error body."""
-
-    def __init__(self, status: int, message: str, err_type: str = "BadRequestError", param: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.err_type, self.param = status, message, err_type, param
-
-
-def bad_params(exc: ValueError) -> APIError:
-    """A 400 for a SamplingParams / engine ValueError, naming the field when the message does."""
-    message = str(exc)
-    param = None
-    if message.startswith("SamplingParams."):
-        param = message.split(".", 1)[1].split(" ", 1)[0]
-    return APIError(400, message, param=param)
-
-
 async def start_requests(engine: AsyncLLMEngine, prefix: str, prompts: list[Any], params: SamplingParams,
-                         arrival: float) -> list[RequestStream]:
+                         arrival: float, cache_salt: str | None = None) -> list[RequestStream]:
     """Add one engine request per prompt; any rejection aborts the others and becomes a 400."""
     streams: list[RequestStream] = []
     try:
         for i, prompt in enumerate(prompts):
-            streams.append(await engine.add_request(f"{prefix}-{i}", prompt, params, arrival))
+            streams.append(await engine.add_request(f"{prefix}-{i}", prompt, params, arrival, cache_salt))
     except ValueError as exc:
         for s in streams:
             engine.abort(s.request_id)
@@ -79,46 +69,36 @@ async def merged(engine: AsyncLLMEngine, streams: list[RequestStream]) -> AsyncI
             t.cancel()
 
 
-def token_text(tokenizer: Any, token_id: int) -> str:
-    """One token's text as logprobs show it."""
-    if tokenizer is None:
-        return f"token_id:{token_id}"
-    return tokenizer.decode([token_id], skip_special_tokens=False)
-
-
-def completion_logprobs(tokenizer: Any, entries: list[dict[int, float]], offset: int) -> P.CompletionLogprobs:
-    """OpenAI completions logprobs for `entries` (each: sampled token first, then the top-N)."""
-    lp = P.CompletionLogprobs()
-    for entry in entries:
-        sampled, value = next(iter(entry.items()))
-        text = token_text(tokenizer, sampled)
-        lp.tokens.append(text)
-        lp.token_logprobs.append(value)
-        lp.top_logprobs.append({token_text(tokenizer, t): v for t, v in entry.items()})
-        lp.text_offset.append(offset)
-        offset += len(text)
-    return lp
-
-
-def chat_logprobs(tokenizer: Any, entries: list[dict[int, float]], top_n: int) -> P.ChatLogprobs:
-    """OpenAI chat logprobs for `entries`."""
-    content = []
-    for entry in entries:
-        sampled, value = next(iter(entry.items()))
-        text = token_text(tokenizer, sampled)
-        tops = sorted(entry.items(), key=lambda kv: -kv[1])[:top_n]
-        content.append(P.ChatTokenLogprob(
-            token=text, logprob=value, bytes=list(text.encode()),
-            top_logprobs=[P.TopLogprob(token=(s := token_text(tokenizer, t)), logprob=v, bytes=list(s.encode()))
-                          for t, v in tops]))
-    return P.ChatLogprobs(content=content)
-
-
 def usage_of(finals: list[RequestOutput]) -> P.UsageInfo:
-    """Usage over all prompts of a request."""
+    """Usage over all prompts of a request (cached tokens: those the prefix cache served)."""
     prompt = sum(len(f.prompt_token_ids) for f in finals)
     completion = sum(len(o.token_ids) for f in finals for o in f.outputs)
-    return P.UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    cached = sum(f.num_cached_tokens for f in finals)
+    return P.UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                       prompt_tokens_details=P.PromptTokensDetails(cached_tokens=cached))
+
+
+def completion_choices(tokenizer: Any, finals: list[RequestOutput], n: int, logprobs: int | None,
+                       echo: list[str] | None, num_prompt_logprobs: int | None) -> list[P.CompletionChoice]:
+    """The choices of a non-streamed completion: `n` per prompt, with the prompt first when echoing (and, with
+    `logprobs`, its tokens' logprobs, as OpenAI's API and lm-eval's loglikelihood requests expect)."""
+    choices = []
+    for p, final in enumerate(finals):
+        prefix = echo[p] if echo else ""
+        plp = (prompt_logprobs(tokenizer, final.prompt_logprobs, num_prompt_logprobs)
+               if num_prompt_logprobs is not None else None)
+        for o in final.outputs:
+            lp = completion_logprobs(tokenizer, o.logprobs, len(prefix)) if logprobs is not None else None
+            if lp is not None and echo:
+                head = echo_logprobs(tokenizer, final.prompt_token_ids, final.prompt_logprobs, logprobs)
+                lp = P.CompletionLogprobs(tokens=head.tokens + lp.tokens,
+                                          token_logprobs=head.token_logprobs + lp.token_logprobs,
+                                          top_logprobs=head.top_logprobs + lp.top_logprobs,
+                                          text_offset=head.text_offset + lp.text_offset)
+            choices.append(P.CompletionChoice(index=p * n + o.index, text=prefix + o.text, logprobs=lp,
+                                              finish_reason=o.finish_reason, stop_reason=o.stop_reason,
+                                              prompt_logprobs=plp))
+    return choices
 
 
 class ChoiceTracker:
@@ -127,18 +107,30 @@ class ChoiceTracker:
     def __init__(self) -> None:
         self.text_len = 0
         self.num_logprobs = 0
+        self.num_tokens = 0
         self.done = False
 
 
 async def stream_events(engine: AsyncLLMEngine, streams: list[RequestStream], response_id: str, model: str,
                         chat: bool, n: int, logprobs: int | None, include_usage: bool,
-                        echo_prompts: list[str] | None = None) -> AsyncIterator[str]:
-    """SSE events: content chunks, one empty finishing chunk per choice, optional usage chunk, [DONE]."""
+                        echo_prompts: list[str] | None = None, continuous_usage: bool = False,
+                        num_prompt_tokens: int = 0) -> AsyncIterator[str]:
+    """SSE events: content chunks, one empty finishing chunk per choice, optional usage chunk, [DONE].
+
+    With `continuous_usage`, every chunk also carries the usage so far (`num_prompt_tokens`: all prompts').
+    """
     tokenizer = engine.get_tokenizer()
     obj = "chat.completion.chunk" if chat else "text_completion"
     created = int(time.time())
     trackers: dict[int, ChoiceTracker] = {}
     finals: dict[int, RequestOutput] = {}
+    cached: dict[int, int] = {}
+
+    def usage_so_far() -> P.UsageInfo:
+        completion = sum(tr.num_tokens for tr in trackers.values())
+        return P.UsageInfo(prompt_tokens=num_prompt_tokens, completion_tokens=completion,
+                           total_tokens=num_prompt_tokens + completion,
+                           prompt_tokens_details=P.PromptTokensDetails(cached_tokens=sum(cached.values())))
 
     def chunk(index: int, text: str | None, reason: str | None = None, stop_reason: Any = None,
               lp: Any = None, role: str | None = None) -> str:
@@ -148,7 +140,8 @@ async def stream_events(engine: AsyncLLMEngine, streams: list[RequestStream], re
         else:
             choice = P.CompletionChoice(index=index, text=text or "", logprobs=lp, finish_reason=reason,
                                         stop_reason=stop_reason)
-        return P.StreamChunk(id=response_id, object=obj, created=created, model=model, choices=[choice]).sse()
+        return P.StreamChunk(id=response_id, object=obj, created=created, model=model, choices=[choice],
+                             usage=usage_so_far() if continuous_usage else None).sse()
 
     try:
         for p in range(len(streams)):
@@ -160,6 +153,7 @@ async def stream_events(engine: AsyncLLMEngine, streams: list[RequestStream], re
         async for p, out in merged(engine, streams):
             if out.finished:
                 finals[p] = out
+            cached[p] = out.num_cached_tokens
             for o in out.outputs:
                 index = p * n + o.index
                 tr = trackers.setdefault(index, ChoiceTracker())
@@ -179,6 +173,7 @@ async def stream_events(engine: AsyncLLMEngine, streams: list[RequestStream], re
 def _choice_events(tokenizer: Any, chunk: Any, index: int, tr: ChoiceTracker, o: CompletionOutput, chat: bool,
                    logprobs: int | None) -> list[str]:
     events = []
+    tr.num_tokens = len(o.token_ids)
     delta = o.text[tr.text_len:]
     lp = None
     new_entries = (o.logprobs or [])[tr.num_logprobs:] if logprobs is not None else []

@@ -16,19 +16,23 @@ _sample = jax.jit(sample, static_argnames=("variant",))
 
 def _tensors(rows: int, *, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, presence=0.0, frequency=0.0,
              repetition=1.0, seeds=None, step=0, sample_index=0, token_ids=None, num_prompt=0,
-             banned=None) -> SamplingTensors:
+             banned=None, bias=None) -> SamplingTensors:
     full = functools.partial(np.full, rows)
     seeds = np.arange(rows) if seeds is None else np.broadcast_to(np.asarray(seeds), (rows,))
     seed = np.stack([seeds & 0xFFFFFFFF, seeds >> 32, np.full(rows, sample_index)], axis=1).astype(np.uint32)
     token_ids = np.broadcast_to(_pad(token_ids or [], 4), (rows, 4))
     banned = np.broadcast_to(_pad(banned or [], 2), (rows, 2))
+    bias = bias or {}
+    bias_ids = np.broadcast_to(_pad(list(bias), 3), (rows, 3))
+    bias_values = np.broadcast_to(np.asarray(list(bias.values()) + [0.0] * (3 - len(bias)), np.float32), (rows, 3))
     return SamplingTensors(
         temperature=full(temperature, np.float32), top_p=full(top_p, np.float32), top_k=full(top_k, np.int32),
         min_p=full(min_p, np.float32), presence_penalty=full(presence, np.float32),
         frequency_penalty=full(frequency, np.float32), repetition_penalty=full(repetition, np.float32),
         seed=seed, step=np.broadcast_to(np.asarray(step, np.int32), (rows,)).copy(),
         token_ids=np.asarray(token_ids, np.int32), num_prompt_tokens=full(num_prompt, np.int32),
-        banned_ids=np.asarray(banned, np.int32))
+        banned_ids=np.asarray(banned, np.int32), bias_ids=np.asarray(bias_ids, np.int32),
+        bias_values=np.asarray(bias_values, np.float32))
 
 
 def _pad(ids: list[int], width: int) -> np.ndarray:
@@ -155,3 +159,18 @@ def test_logprobs_are_of_the_raw_distribution_and_top_logprobs_are_sorted():
     assert top.shape == (8, MAX_LOGPROBS)
     np.testing.assert_allclose(top, -np.sort(-raw, axis=-1)[:, :MAX_LOGPROBS], atol=1e-6)
     np.testing.assert_allclose(np.take_along_axis(raw, np.asarray(out["top_ids"]), -1), top, atol=1e-6)
+
+
+def test_logit_bias_adds_to_logits_before_choosing():
+    logits = _random_logits(8)
+    worst = logits.argmin(-1)
+    for row in range(8):
+        forced = int(worst[row])
+        assert _draw(logits[row], temperature=0.0, bias={forced: 100.0}, rows=1)[0] == forced
+        assert _draw(logits[row], temperature=1.0, bias={forced: 100.0}, rows=4).tolist() == [forced] * 4
+    best = int(logits[0].argmax())
+    banned = _draw(logits[0], temperature=0.0, bias={best: -100.0}, rows=1)[0]
+    assert banned == int(np.argsort(logits[0])[-2])
+    out = _sample(logits[:1], _tensors(1, temperature=0.0, bias={int(worst[0]): 100.0}), variant="full")
+    expected = jax.nn.log_softmax(logits[:1])[0, int(worst[0])]
+    np.testing.assert_allclose(out["logprob"][0], expected, atol=1e-5)  # logprobs stay the model's own

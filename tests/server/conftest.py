@@ -1,74 +1,33 @@
-"""One server subprocess per test module, on a free port, with the default model and small settings."""
+"""Server subprocesses on free ports with the default model and small settings: one shared by every test module
+that only sends requests (starting one costs about a minute here), fresh ones for tests that stop them."""
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 
-import httpx
 import pytest
+from server_helpers import SERVER_FLAGS
 
-MODEL = "SmolLM2-135M-Instruct"
-SERVER_FLAGS = ["--max-model-len", "512", "--max-num-seqs", "16", "--max-num-batched-tokens", "128",
-                "--no-progress"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from jaxserve.server.testing import start_server
 
 
-def start_server(*extra_flags: str) -> tuple[subprocess.Popen, str]:
-    """A `jaxserve serve` subprocess on a free port, once /health answers 200 (the caller stops it)."""
-    port = _free_port()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "jaxserve.cli", "--log-level", "WARNING", "serve",
-                             "--port", str(port), *SERVER_FLAGS, *extra_flags], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stderr.read()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    return proc, url
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not become healthy")
-            time.sleep(0.5)
-    except BaseException:
-        stop_server(proc)
-        raise
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL if it is still there after 40 s."""
-    if proc.poll() is None:
-        proc.terminate()
-    try:
-        proc.wait(timeout=40)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server_url():
-    proc, url = start_server()
+    """The shared server's URL (session-wide: tests must not rely on its counters starting at zero).
+
+    JAXSERVE_TEST_SERVER_URL points the tests at a server already running with SERVER_FLAGS instead.
+    """
+    if os.environ.get("JAXSERVE_TEST_SERVER_URL"):
+        yield os.environ["JAXSERVE_TEST_SERVER_URL"]
+        return
+    server = start_server(SERVER_FLAGS)
     try:
-        yield url
+        yield server.url
     finally:
-        stop_server(proc)
+        server.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def client(server_url):
     openai = pytest.importorskip("openai")
     return openai.OpenAI(base_url=f"{server_url}/v1", api_key="unused", max_retries=0, timeout=120)
@@ -77,8 +36,8 @@ def client(server_url):
 @pytest.fixture
 def server_process():
     """A fresh server subprocess for one test: (process, url); stopped afterwards if the test did not."""
-    proc, url = start_server()
+    server = start_server(SERVER_FLAGS)
     try:
-        yield proc, url
+        yield server.proc, server.url
     finally:
-        stop_server(proc)
+        server.stop()

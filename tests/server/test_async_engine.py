@@ -87,3 +87,18 @@ def test_stream_reject_abort_and_failure(engine):
         assert outs[-1].finished  # the loop kept serving
 
     asyncio.run(main())
+
+
+def test_stats_refreshed_after_an_abort_on_an_idle_engine(engine):
+    async def main():
+        stream = await engine.add_request("f", "p", SamplingParams(max_tokens=10**6))
+        await stream.queue.get()  # it has run a step: the stats say one request runs
+        assert engine.last_stats["num_running"] == 1
+        engine.abort("f")  # no step follows (nothing else runs): the abort itself must refresh the stats
+        for _ in range(100):
+            if engine.last_stats["num_running"] == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert engine.last_stats["num_running"] == 0
+
+    asyncio.run(main())

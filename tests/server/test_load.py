@@ -12,21 +12,11 @@ import re
 import time
 
 import httpx
-import pytest
-from conftest import MODEL, start_server, stop_server
+from server_helpers import MODEL
 
 NUM_REQUESTS = 64
 NUM_DISCONNECT = 16
 MAX_TOKENS = 8
-
-
-@pytest.fixture(scope="module")
-def load_server():
-    proc, url = start_server()
-    try:
-        yield url
-    finally:
-        stop_server(proc)
 
 
 async def _stream(client: httpx.AsyncClient, i: int, disconnect: bool) -> dict:
@@ -106,5 +96,5 @@ async def _run(url: str) -> None:
         assert gauges == {"num_requests_running": 0, "num_requests_waiting": 0, "kv_cache_usage_perc": 0}, gauges
 
 
-def test_concurrent_streams_with_disconnects(load_server):
-    asyncio.run(_run(load_server))
+def test_concurrent_streams_with_disconnects(server_url):
+    asyncio.run(_run(server_url))

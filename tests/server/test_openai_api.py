@@ -7,7 +7,7 @@ import time
 import httpx
 import openai
 import pytest
-from conftest import MODEL
+from server_helpers import MODEL
 
 PROMPT = "The capital of France is"
 
