@@ -65,12 +65,30 @@ def paged_attention(
     state = _attend_new_tokens(qh, k, v, token_seq, positions, valid, window_ok)
     context_lens = jnp.where(valid, meta.context_lens[token_seq], 0)
     args = (qh, cache, layer, meta, token_seq, context_lens, window_ok)
-    is_decode = jnp.max(meta.query_lens) <= 1
-    state = jax.lax.cond(is_decode, lambda s: _context_per_token(s, *args), lambda s: _context_per_sequence(s, *args),
-                         state)
+    state = jax.lax.cond(_read_per_token(meta, cache), lambda s: _context_per_token(s, *args),
+                         lambda s: _context_per_sequence(s, *args), state)
     m, l, acc = state
     out = (acc / l[..., None]).transpose(1, 0, 2, 3)
     return out.reshape(num_tokens, num_heads, head_dim).astype(q.dtype)
+
+
+# A per-token iteration gathers pages for every token of the step as well as scoring them; a per-sequence one
+# gathers one sequence's pages once. Gathering a key costs about as much as scoring it against the step's tokens.
+PER_TOKEN_ITERATION_COST = 2
+
+
+def _read_per_token(meta: AttentionMetadata, cache: KVCache) -> jax.Array:
+    """Whether reading earlier pages per token beats reading them per sequence for this step (on device).
+
+    Per token, the loop runs as many iterations as the longest context needs; per sequence, one per chunk of every
+    sequence's context. Decode steps and mixed steps (many short-query sequences with context beside a prompt chunk,
+    or many prompts continuing from cached prefixes) read per token; a long prompt continuing alone reads per
+    sequence, where gathering its pages once for every token avoids copying them once per token.
+    """
+    _, chunk_tokens = _chunk_geometry(cache)
+    chunks = (meta.context_lens + chunk_tokens - 1) // chunk_tokens
+    is_decode = jnp.max(meta.query_lens) <= 1
+    return is_decode | (PER_TOKEN_ITERATION_COST * jnp.max(chunks) < jnp.sum(chunks))
 
 
 def _attend_new_tokens(qh, k, v, token_seq, positions, valid, window_ok) -> State:

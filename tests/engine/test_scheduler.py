@@ -87,7 +87,7 @@ def test_decode_batch_holds_every_running_sequence():
     assert not batch.is_prefill and batch.seqs == seqs and batch.num_new_tokens == [1] * 5
 
 
-def test_new_prompts_are_prefilled_before_running_sequences_decode():
+def test_running_sequences_decode_in_the_same_step_as_a_new_prompt():
     sched = _sched(budget=64)
     a = _seq(5)
     sched.add(a)
@@ -95,9 +95,30 @@ def test_new_prompts_are_prefilled_before_running_sequences_decode():
     b = _seq(5)
     sched.add(b)
     batch = sched.schedule()
-    assert batch.is_prefill and batch.seqs == [b]
+    assert batch.is_prefill and batch.seqs == [a, b] and batch.num_new_tokens == [1, 5]
     _complete(sched, batch)
-    assert sched.schedule().seqs == [a, b]
+    batch = sched.schedule()
+    assert not batch.is_prefill and batch.seqs == [a, b] and batch.num_new_tokens == [1, 1]
+
+
+def test_a_long_prompt_never_stalls_decoding_sequences():
+    """Three sequences decode while a 40-token prompt arrives under a 16-token budget: every step carries their
+    three tokens and a 13-token chunk of the prompt (the random workloads below check that no decode is skipped)."""
+    sched = _sched(budget=16, max_len=512)
+    decoders = [_seq(4, max_tokens=100) for _ in range(3)]
+    for seq in decoders:
+        sched.add(seq)
+    _complete(sched, sched.schedule())
+    long = _seq(40)
+    sched.add(long)
+    chunks = []
+    while long.num_output_tokens == 0:  # until its prompt is done
+        batch = sched.schedule()
+        assert batch.seqs[:3] == decoders and batch.num_new_tokens[:3] == [1, 1, 1]
+        assert batch.num_tokens <= 16
+        chunks.append(batch.num_new_tokens[3])
+        _complete(sched, batch)
+    assert chunks == [13, 13, 13, 1]
 
 
 def test_preemption_frees_the_newest_and_requeues_it_first():
@@ -179,8 +200,12 @@ def _run_workload(ops, num_blocks: int, block_size: int, max_num_seqs: int, budg
             sched.add(seq)
             live.append(seq)
         elif op == "step":
+            decoding = [s for s in sched.running if s.num_uncomputed_tokens == 1]
             batch = sched.schedule()
             if batch is not None:
+                # No decode starves: each decoding sequence runs its token unless it was preempted for pages.
+                for s in decoding:
+                    assert s in batch.seqs or s.status is SequenceStatus.WAITING, "a decoding sequence was skipped"
                 assert batch.num_tokens <= budget and len(batch.seqs) <= max_num_seqs
                 assert len({id(s) for s in batch.seqs}) == len(batch.seqs)
                 assert all(n >= 1 for n in batch.num_new_tokens)

@@ -30,14 +30,15 @@ class RandomRunner:
         return ids, values
 
     def execute(self, batch: ScheduledBatch, variant: str, want_prompt_logprobs: bool = False) -> dict[str, Any]:
-        """One fake step over `batch`."""
-        rows = len(batch.seqs)
+        """One fake step over `batch` (plus one row per forked sample, as the real runner returns)."""
+        rows = len(batch.seqs) + len(batch.forks)
         top_ids, top_logprobs = self._top(rows)
         result: dict[str, Any] = {
             "tokens": self.rng.integers(0, self.vocab_size, rows).astype(np.int32),
             "logprob": -self.rng.exponential(2.0, rows).astype(np.float32),
             "top_ids": top_ids, "top_logprobs": top_logprobs,
-            "sampled": [s.num_computed_tokens + n == s.num_tokens for s, n in zip(batch.seqs, batch.num_new_tokens)],
+            "sampled": [s.num_computed_tokens + n == s.num_tokens for s, n in zip(batch.seqs, batch.num_new_tokens)]
+            + [True] * len(batch.forks),
         }
         if want_prompt_logprobs:
             ids, values = self._top(batch.num_tokens)
