@@ -136,14 +136,26 @@ def test_truncate_prompt_tokens_keeps_the_last_tokens(client, server_url):
     assert whole.usage.prompt_tokens == len(ids)
 
 
-def test_cached_tokens_cache_salt_and_unknown_fields(client, server_url):
-    resp = greedy(client, PROMPT, 2, extra_body={"cache_salt": "tenant-a", "no_such_field": {"x": 1}})
-    details = resp.usage.prompt_tokens_details
-    assert details is not None and 0 <= details.cached_tokens <= resp.usage.prompt_tokens
-    assert resp.choices[0].text == greedy(client, PROMPT, 2).choices[0].text
+def _metric(server_url: str, name: str) -> float:
     text = httpx.get(f"{server_url}/metrics").text
-    for name in ("prefix_cache_queries_total", "prefix_cache_hits_total"):
-        assert f'jaxserve:{name}{{model_name="{MODEL}"}} ' in text
+    line = next(l for l in text.splitlines() if l.startswith(f'jaxserve:{name}{{model_name="{MODEL}"}} '))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_cached_tokens_cache_salt_and_unknown_fields(client, server_url):
+    """A repeated prompt is served from the prefix cache (full pages, the last token recomputed) within its salt."""
+    prompt = "A shared system prompt that many requests start with, long enough to fill pages. " * 4 + PROMPT
+    n_prompt = len(tokenize(server_url, prompt))
+    queries, hits = _metric(server_url, "prefix_cache_queries_total"), _metric(server_url, "prefix_cache_hits_total")
+    first = greedy(client, prompt, 2, extra_body={"cache_salt": "tenant-a", "no_such_field": {"x": 1}})
+    again = greedy(client, prompt, 2, extra_body={"cache_salt": "tenant-a"})
+    other = greedy(client, prompt, 2, extra_body={"cache_salt": "tenant-b"})
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    assert again.usage.prompt_tokens_details.cached_tokens == (n_prompt - 1) // 16 * 16 > 0
+    assert other.usage.prompt_tokens_details.cached_tokens == 0  # another tenant's salt never hits
+    assert first.choices[0].text == again.choices[0].text == other.choices[0].text
+    assert _metric(server_url, "prefix_cache_queries_total") == queries + 3 * n_prompt
+    assert _metric(server_url, "prefix_cache_hits_total") == hits + again.usage.prompt_tokens_details.cached_tokens
 
 
 @pytest.mark.parametrize(("extra", "param"), [
