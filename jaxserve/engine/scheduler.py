@@ -1,10 +1,13 @@
 """Scheduler: which sequences run this step and how many tokens each, with chunked prefill and preemption.
 
-Plain Python. A step mixes decodes and prefill chunks under one token budget: every running sequence that is
-decoding gets its next token first, then prefills already under way continue, then waiting sequences are admitted
-(FCFS, long prompts chunked to what is left of the budget). Decoding sequences therefore never stall behind a burst
-of arriving prompts. When pages run out, the newest running sequence is preempted: its pages are freed and it goes
-back to the front of the waiting queue, to be recomputed later. No request is lost.
+Plain Python. A step is either a prefill step (prompt chunks, FCFS, long prompts chunked to the token budget) or a
+decode step (every running sequence that is decoding gets one token). Prefill goes first, but never twice in a row
+while sequences wait to decode: under a steady stream of arriving prompts, prefill-first alone starved decoding
+sequences for as long as the queue stayed non-empty (a 21 s streaming stall in bench/serving.py), and alternating
+bounds a stream's inter-token gap to one prefill step plus one decode step. Steps stay pure prefill or pure decode
+because the attention paths are fast for one kind each (see jaxserve/attention/xla.py); a mixed step measured
+slower on CPU (bench/RESULTS.md). When pages run out, the newest running sequence is preempted:
+its pages are freed and it goes back to the front of the waiting queue, to be recomputed later. No request is lost.
 
 A waiting sequence first takes the longest cached run of its prefix's pages (prefix caching) and prefills only the
 rest; if the page after that run is being written by another sequence in this very step, it waits one step rather
@@ -55,6 +58,7 @@ class Scheduler:
         self.prefix_cache_queries = 0  # prompt tokens looked up in the prefix cache (first admissions)
         self.prefix_cache_hits = 0  # of those, tokens found cached
         self._preempted_this_step = False
+        self._last_was_prefill = False
         self._forks: list[tuple[int, Sequence]] = []
         self._copies: list[CopyPair] = []
         self._names_written: set[bytes] = set()  # prefix-cache names of the pages this step fills
@@ -73,13 +77,15 @@ class Scheduler:
         """The next step's batch, or None when there is nothing to do."""
         self._preempted_this_step = False
         self._forks, self._copies, self._names_written = [], [], set()
-        seqs, counts = [], []
-        budget = self._schedule_running(seqs, counts, self.config.max_num_batched_tokens)
-        admitted = self._admit_waiting(seqs, counts, budget)
-        if not seqs:
-            return None
-        is_prefill = admitted or any(n > 1 for n in counts)
-        return ScheduledBatch(seqs, counts, is_prefill=is_prefill, forks=self._forks, copies=self._copies)
+        decodes_waiting = any(seq.num_uncomputed_tokens == 1 for seq in self.running)
+        if self._last_was_prefill and decodes_waiting:
+            batch = self._schedule_decode() or self._schedule_prefill()
+        else:
+            batch = self._schedule_prefill() or self._schedule_decode()
+        self._last_was_prefill = batch is not None and batch.is_prefill
+        if batch is not None:
+            batch.forks, batch.copies = self._forks, self._copies
+        return batch
 
     def _num_seq_slots(self) -> int:
         """Running sequences plus the samples reserved for running parents not yet forked."""
@@ -101,37 +107,18 @@ class Scheduler:
         seqs.append(seq)
         counts.append(n)
 
-    def _schedule_running(self, seqs: list[Sequence], counts: list[int], budget: int) -> int:
-        """Running sequences in age order: a decoding one gets its token, a prefill under way its next chunk (never
-        so large that a younger decoding sequence would miss its token). Returns the budget left.
-
-        Going in age order matters: `_make_room` preempts from the young end, so it never takes back a sequence
-        already scheduled in this step.
-        """
-        decodes_left = sum(1 for seq in self.running if seq.num_uncomputed_tokens == 1)
-        for seq in list(self.running):
-            if seq not in self.running:  # preempted to make room for an older one
+    def _schedule_prefill(self) -> ScheduledBatch | None:
+        budget = self.config.max_num_batched_tokens
+        seqs, counts = [], []
+        for seq in list(self.running):  # chunked prefills already under way come first
+            if seq.num_uncomputed_tokens <= 1 or budget == 0 or seq not in self.running:
                 continue
-            uncomputed = seq.num_uncomputed_tokens
-            if uncomputed == 1:
-                decodes_left -= 1
-                n = 1
-            elif uncomputed > 1:
-                n = min(uncomputed, budget - decodes_left)  # max_num_batched_tokens >= max_num_seqs: decodes fit
-                if n <= 0:
-                    continue
-            else:
-                continue
+            n = min(seq.num_uncomputed_tokens, budget)
             copies = self._make_room(seq, n)
             if copies is None:
                 continue
             self._scheduled(seqs, counts, seq, n, copies)
             budget -= n
-        return budget
-
-    def _admit_waiting(self, seqs: list[Sequence], counts: list[int], budget: int) -> bool:
-        """Admit waiting sequences (FCFS) into what is left of the budget; True if any was admitted."""
-        admitted = False
         # After a preemption the pool is short: admitting new work now would only thrash (and a sequence that
         # just preempted itself would restart from scratch), so let the running ones finish first.
         while (self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs
@@ -155,8 +142,7 @@ class Scheduler:
             self.running.append(seq)
             self._scheduled(seqs, counts, seq, n, copies)
             budget -= n
-            admitted = True
-        return admitted
+        return ScheduledBatch(seqs, counts, is_prefill=True) if seqs else None
 
     def complete_forks(self, batch: ScheduledBatch) -> None:
         """After the step that completed their parents' prompts: siblings share their parents' pages.
@@ -168,6 +154,16 @@ class Scheduler:
             parent = batch.seqs[row]
             self.block_manager.fork(parent, child)
             child.num_computed_tokens = parent.num_computed_tokens
+
+    def _schedule_decode(self) -> ScheduledBatch | None:
+        seqs, counts = [], []
+        for seq in list(self.running):
+            if seq not in self.running or seq.num_uncomputed_tokens != 1:
+                continue
+            copies = self._make_room(seq, 1)
+            if copies is not None:
+                self._scheduled(seqs, counts, seq, 1, copies)
+        return ScheduledBatch(seqs, counts, is_prefill=False) if seqs else None
 
     def _make_room(self, seq: Sequence, num_new_tokens: int) -> list[CopyPair] | None:
         """Allocate pages for `seq`, preempting the newest other running sequences if needed; returns its copies.

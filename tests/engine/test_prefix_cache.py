@@ -110,7 +110,8 @@ def test_pages_being_written_in_a_step_are_not_hits_for_that_step(llm):
             engine.add_request(f"same-{i}", prompt, params)
         engine.step()  # the first computes the prompt; the others wait for its pages rather than compute them too
         assert [s.num_computed_tokens for i in range(3) for s in engine.requests[f"same-{i}"].seqs] == [40, 0, 0]
-        engine.step()  # the first decodes its next token in the same step as the others prefill past the cache
+        engine.step()  # the first decodes (decode and prefill steps alternate)
+        engine.step()  # the others take its pages from the cache and compute only the rest
         assert [s.num_computed_tokens for i in range(3) for s in engine.requests[f"same-{i}"].seqs] == [41, 40, 40]
         outs = run_to_completion(engine)
     assert [outs[f"same-{i}"].num_cached_tokens for i in range(3)] == [0, 32, 32]
