@@ -22,7 +22,11 @@ import numpy as np
 
 
 def measured_max_concurrency(llm, max_model_len: int, num_requests: int) -> int:
-    """Peak running sequences while draining `num_requests` full-length requests."""
+    """Peak number of full-length sequences whose KV is all in the pool at once, while draining `num_requests`.
+
+    Only sequences past their prompt count: a prompt chunked by the token budget holds pages for the part computed
+    so far, and waits for (or preempts for) the rest.
+    """
     from jaxserve import SamplingParams
 
     engine = llm.engine
@@ -34,7 +38,8 @@ def measured_max_concurrency(llm, max_model_len: int, num_requests: int) -> int:
     peak = 0
     while engine.has_unfinished_requests():
         engine.step()
-        peak = max(peak, engine.stats()["num_running"])
+        held = [seq for seq in engine.scheduler.running if seq.num_computed_tokens >= seq.num_prompt_tokens]
+        peak = max(peak, len(held))
     return peak
 
 
