@@ -28,8 +28,17 @@ test: install
 test-all: install
 	JAX_PLATFORMS=cpu HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
+# The CPU benchmark set (tens of minutes on 2 cores); each writes bench/results/*.json (+ a PNG).
 bench: install
+	JAX_PLATFORMS=cpu $(PY) bench/kv_memory.py
 	JAX_PLATFORMS=cpu $(PY) bench/offline_throughput.py
+	JAX_PLATFORMS=cpu $(PY) bench/batching.py
+	JAX_PLATFORMS=cpu $(PY) bench/capacity.py
+	JAX_PLATFORMS=cpu $(PY) bench/prefix_cache.py
+	JAX_PLATFORMS=cpu $(PY) bench/quantization.py
+	JAX_PLATFORMS=cpu $(PY) bench/kernels.py
+	JAX_PLATFORMS=cpu $(PY) bench/serving.py --launch "--max-model-len 1024 --max-num-seqs 32 --max-num-batched-tokens 256" \
+		--num-prompts 32 --input-len 128 --output-len 64 --request-rate 4
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
