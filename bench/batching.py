@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_common import pyplot, run_header
+
 
 def make_workload(rng: np.random.Generator, n: int, vocab: int, args) -> tuple[list[list[int]], list[int]]:
     """Random-token prompts of 16..max_prompt tokens and log-normal output lengths in [4, max_output]."""
@@ -91,8 +93,7 @@ def main() -> int:
         print(f"{r['mode']:<11} {r['seconds']:>8.1f} {r['output_tokens_per_s']:>10.1f} {r['latency_mean_s']:>11.1f} "
               f"{r['latency_median_s']:>10.1f} {r['latency_p99_s']:>10.1f}")
     print(f"continuous / static throughput: {ratio:.2f}x")
-    record = {"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(), "cpus": os.cpu_count(),
-              "args": vars(args), "throughput_ratio": ratio, "results": rows}
+    record = {**run_header(), "args": vars(args), "throughput_ratio": ratio, "results": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=2))
     _plot(rows, Path(args.out).with_suffix(".png"))
@@ -100,12 +101,8 @@ def main() -> int:
 
 
 def _plot(rows: list[dict], path: Path) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: skipping the PNG")
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import time
 from pathlib import Path
 
 import numpy as np
+
+from bench_common import run_header
 
 
 def measured_max_concurrency(llm, max_model_len: int, num_requests: int) -> int:
@@ -118,8 +117,7 @@ def main() -> int:
         memory = {"predicted_bytes": weights + kv, "measured_bytes_in_use": stats.get("bytes_in_use")}
         print(f"device memory: predicted {memory['predicted_bytes'] / 2**30:.2f} GiB, "
               f"in use {memory['measured_bytes_in_use'] / 2**30:.2f} GiB")
-    record = {"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(), "cpus": os.cpu_count(),
-              "jax": jax.__version__, "device": {"name": device.name, "bandwidth": device.bandwidth,
+    record = {**run_header(), "device": {"name": device.name, "bandwidth": device.bandwidth,
                                                  "peak_flops": device.peak_flops},
               "concurrency": {"predicted": planned["max_concurrency"], "measured": measured,
                               "kv_cache_memory": budget, "max_model_len": max_len},

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxserve.planner.measure import measure_bandwidth, measure_copy_bandwidth, measure_matmul, median_seconds
 
 HEADS, KV_HEADS, HEAD_DIM, BLOCK = 32, 8, 128, 16
 ACCEL_DECODE = [(b, c) for b in (1, 8, 32, 64, 128, 256) for c in (512, 2048, 8192, 32768) if b * c <= 2 ** 21]
@@ -52,31 +53,17 @@ def check_lowering() -> int:
     return 1 if failures else 0
 
 
-def _median_seconds(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure_peaks(dtype, repeats: int) -> dict:
     """Memory bandwidth and dense matmul FLOP/s of this device, measured in this run.
 
     Bandwidth is the better of a copy (read + write bytes) and a sum (read bytes) over a large array: attention
     mostly reads, and on CPU a fresh output buffer per copy pays page faults that a read does not.
     """
-    on_cpu = jax.default_backend() == "cpu"
-    x = jnp.ones(((64 if on_cpu else 1024) * 2 ** 20 // 4,), jnp.float32)
-    copy = 2 * x.nbytes / _median_seconds(jax.jit(lambda a: a * 1.0001), x, repeats=repeats)
-    read = x.nbytes / _median_seconds(jax.jit(jnp.sum), x, repeats=repeats)
-    n = 1024 if on_cpu else 8192
-    a = jnp.ones((n, n), dtype)
-    matmul = jax.jit(lambda a: jnp.dot(a, a, preferred_element_type=jnp.float32))
+    num_bytes = (64 if jax.default_backend() == "cpu" else 1024) * 2**20
+    copy = measure_copy_bandwidth(num_bytes, repeats=repeats)
+    read = measure_bandwidth(num_bytes, repeats=repeats)
     return {"copy_bytes_per_s": copy, "read_bytes_per_s": read, "peak_bytes_per_s": max(copy, read),
-            "matmul_flops_per_s": 2 * n ** 3 / _median_seconds(matmul, a, repeats=repeats)}
+            "matmul_flops_per_s": measure_matmul(dtype, repeats=repeats)}
 
 
 def make_inputs(num_seqs: int, new_tokens: int, context: int, dtype, seed: int = 0):
@@ -138,7 +125,7 @@ def time_paths(args) -> int:
         for name, fn in paths.items():
             call = jax.jit(lambda q, kv, cache, meta, positions, fn=fn: fn(
                 q, kv, kv, cache, jnp.int32(0), meta, positions, scale=HEAD_DIM ** -0.5))
-            seconds = _median_seconds(call, q, kv, cache, meta, positions, repeats=args.repeats)
+            seconds = median_seconds(call, q, kv, cache, meta, positions, repeats=args.repeats)
             times[name] = seconds
             row = {"kind": kind, "path": name, "batch": num_seqs, "new_tokens": new_tokens, "context": context,
                    "ms": 1e3 * seconds, "bytes_per_s": nbytes / seconds, "flops_per_s": flops / seconds,

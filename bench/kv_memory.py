@@ -16,9 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +23,8 @@ import numpy as np
 from jaxserve.kv_cache import kv_bytes_per_token
 from jaxserve.planner.memory import kv_pool_blocks
 from jaxserve.planner.model_presets import resolve_model
+
+from bench_common import pyplot, run_header
 
 SHAREGPT_MEAN_INPUT, SHAREGPT_MEAN_OUTPUT = 161.31, 337.99  # Kwon et al. 2023 (vLLM), dataset statistics
 SIGMA = 1.0  # log-normal spread; mean = exp(mu + sigma^2 / 2)
@@ -89,8 +88,7 @@ def main() -> int:
         print(f"{layout:<12} {r['concurrent_sequences']:>10} {r['reserved_bytes'] / 2**20:>13.1f} "
               f"{r['wasted_bytes'] / 2**20:>11.1f} {r['waste_fraction']:>7.1%}")
     print(f"paged / contiguous concurrency: {ratio:.2f}x")
-    record = {"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(), "cpus": os.cpu_count(),
-              "model": name, "kv_dtype": args.kv_dtype, "kv_bytes_per_token": kv_token,
+    record = {**run_header(), "model": name, "kv_dtype": args.kv_dtype, "kv_bytes_per_token": kv_token,
               "kv_cache_memory": args.kv_cache_memory, "max_model_len": args.max_model_len,
               "block_size": args.block_size, "mean_length": float(lengths.mean()),
               "concurrency_ratio": ratio, **result}
@@ -101,12 +99,8 @@ def main() -> int:
 
 
 def _plot(lengths: np.ndarray, result: dict, path: Path) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: skipping the PNG")
+    plt = pyplot()
+    if plt is None:
         return
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.hist(lengths, bins=100)

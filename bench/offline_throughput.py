@@ -20,14 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-TEXT = (
-    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of foolishness, "
-    "it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, it was the season of "
-    "Darkness, it was the spring of hope, it was the winter of despair. The river ran quietly past the old mill, "
-    "where the miller's children counted the boats and wondered where each of them was going. In the evenings the "
-    "town gathered in the square to hear the news read aloud, and to argue about the price of grain, the weather, "
-    "and the distant war that nobody had seen but everybody feared. "
-)
+from bench_common import TEXT
 
 
 def make_workload(tokenizer, num_prompts: int, seed: int) -> tuple[list[list[int]], list[int]]:

@@ -200,8 +200,8 @@ def main() -> int:
         row["ppl_increase_pct"] = 100 * (row["perplexity"] / base["perplexity"] - 1)
         row["weights_vs_bf16"] = row["weights_bytes"] / next(
             (r["weights_bytes"] for r in rows if r["config"] == "bfloat16"), 2 * base["weights_bytes"] / 4)
-    print(f"\n| config | weights MiB | x bf16 | KV B/token | ppl | ppl +% | greedy agree | prefix | b1 tok/s | "
-          f"b32 tok/s | step ms b1 | step ms b32 |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| config | weights MiB | x bf16 | KV B/token | ppl | ppl +% | greedy agree | prefix | b1 tok/s | "
+          "b32 tok/s | step ms b1 | step ms b32 |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         steps = " | ".join(f"{r[k]:.1f}" if k in r else "-" for k in ("step_ms_b1", "step_ms_b32"))
         print(f"| {r['config']} | {r['weights_bytes'] / 2**20:.1f} | {r['weights_vs_bf16']:.3f} | "

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from bench_common import pyplot
+
 
 def plot(s: dict, path: str) -> None:
     """Write the figure for summary `s` (from bench/serving.py) to `path`; skipped without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: skipping the PNG", flush=True)
+    plt = pyplot()
+    if plt is None:
         return
     ok = [r for r in s["requests"] if r["success"]]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))

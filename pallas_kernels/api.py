@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import jax
 
-from pallas_kernels import gpu_decode, gpu_ragged, gpu_rules, tpu_decode, tpu_ragged, tpu_rules
+from pallas_kernels import (
+    gpu_decode,
+    gpu_ragged,
+    gpu_rules,
+    tpu_decode,
+    tpu_ragged,
+    tpu_rules,
+)
 
 BACKENDS = ("tpu", "gpu")
 

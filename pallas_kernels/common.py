@@ -77,3 +77,42 @@ def check_pages(q_dtype, k_pages: jax.Array, v_pages: jax.Array, k_scales, v_sca
         raise ValueError(f"scales must be {k_pages.shape[:-1]}, got {k_scales.shape} and {v_scales.shape}")
     if not quantized and k_pages.dtype != jnp.dtype(q_dtype):
         raise ValueError(f"pages ({k_pages.dtype}) and queries ({q_dtype}) must share a dtype")
+
+
+def with_layer_axis(k_pages, v_pages, k_scales, v_scales, layer):
+    """Pages and scales with a leading layer axis, and the layer to read: kernels always index `[L, ...]`, so a
+    caller's per-layer pages (`layer=None`) become a one-layer stack read at layer 0."""
+    if layer is not None:
+        return k_pages, v_pages, k_scales, v_scales, layer
+    if k_scales is not None:
+        k_scales, v_scales = k_scales[None], v_scales[None]
+    return k_pages[None], v_pages[None], k_scales, v_scales, 0
+
+
+def fold_overlapping_sequences(qsl_ref, seq_lens_ref, num_seqs, q_lo, q_hi, tok, state,
+                               attend_sequence: Callable) -> State:
+    """Fold `attend_sequence` over the sequences whose query chunks overlap the block's tokens [q_lo, q_hi).
+
+    For each such sequence `s` it is called as `attend_sequence(state, s, row_pos, row_ok, kv_len)`: the position of
+    each row's token in `s` (`row_pos`), whether the row belongs to `s` (`row_ok`), and how many of `s`'s keys the
+    block may see (up to its last token inside the block). Scalar loops over the (prefetched) `query_start_loc`.
+    """
+    last_row = qsl_ref.shape[0] - 1
+    # Skip the sequences whose chunks end before this block.
+    first = jax.lax.while_loop(
+        lambda s: (s < num_seqs) & (qsl_ref[jnp.minimum(s + 1, last_row)] <= q_lo), lambda s: s + 1, 0)
+
+    def overlaps(carry):
+        s, _ = carry
+        return (s < num_seqs) & (qsl_ref[jnp.minimum(s, last_row)] < q_hi)
+
+    def attend(carry):
+        s, state = carry
+        start, end = qsl_ref[s], qsl_ref[s + 1]
+        context = seq_lens_ref[s] - (end - start)
+        row_ok = (tok >= start) & (tok < end)
+        row_pos = context + tok - start
+        kv_len = jnp.where(end > jnp.maximum(start, q_lo), context + jnp.minimum(end, q_hi) - start, 0)
+        return s + 1, attend_sequence(state, s, row_pos, row_ok, kv_len)
+
+    return jax.lax.while_loop(overlaps, attend, (first, state))[1]

@@ -17,7 +17,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels import gpu_rules
-from pallas_kernels.common import cdiv, check_pages, initial_state
+from pallas_kernels.common import cdiv, check_pages, initial_state, with_layer_axis
 from pallas_kernels.gpu_pages import attend_pages
 from pallas_kernels.gpu_rules import MIN_DOT, padded_groups
 
@@ -59,10 +59,7 @@ def paged_decode_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
     """
     batch, num_heads, head_dim = q.shape
     check_pages(q.dtype, k_pages, v_pages, k_scales, v_scales, head_dim, num_heads)
-    if layer is None:
-        k_pages, v_pages = k_pages[None], v_pages[None]
-        k_scales, v_scales = (None, None) if k_scales is None else (k_scales[None], v_scales[None])
-        layer = 0
+    k_pages, v_pages, k_scales, v_scales, layer = with_layer_axis(k_pages, v_pages, k_scales, v_scales, layer)
     _, num_kv_heads, num_pages, block_size, _ = k_pages.shape
     gpu_rules.check_gpu_pages(block_size, head_dim, pages_per_compute_block)
     groups = num_heads // num_kv_heads

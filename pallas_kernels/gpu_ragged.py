@@ -16,7 +16,15 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels import gpu_rules
-from pallas_kernels.common import cdiv, check_pages, div, finalize, initial_state
+from pallas_kernels.common import (
+    cdiv,
+    check_pages,
+    div,
+    finalize,
+    fold_overlapping_sequences,
+    initial_state,
+    with_layer_axis,
+)
 from pallas_kernels.gpu_pages import attend_pages
 from pallas_kernels.gpu_rules import MIN_DOT, is_power_of_two, padded_groups
 
@@ -40,29 +48,15 @@ def _kernel(seq_lens_ref, qsl_ref, num_seqs_ref, layer_ref, tables_ref, q_ref, k
     q_hi = q_lo + rows // groups
     tok = q_lo + div(jax.lax.broadcasted_iota(jnp.int32, (rows, 1), 0), groups)
     num_seqs = num_seqs_ref[0]
-    last_row = qsl_ref.shape[0] - 1
     base = (layer_ref[0] * num_kv_heads + h) * num_pages
     page_refs = (k_ref, v_ref, ks_ref, vs_ref)
 
-    first = jax.lax.while_loop(
-        lambda s: (s < num_seqs) & (qsl_ref[jnp.minimum(s + 1, last_row)] <= q_lo), lambda s: s + 1, 0)
+    def attend(state, s, row_pos, row_ok, kv_len):
+        return attend_pages(state, q, tables_ref, s * table_width, 0, cdiv(kv_len, block_size), row_pos, row_ok,
+                            page_refs, base=base, scale=scale, pages_per_block=pages_per_block)
 
-    def overlaps(carry):
-        s, _ = carry
-        return (s < num_seqs) & (qsl_ref[jnp.minimum(s, last_row)] < q_hi)
-
-    def attend(carry):
-        s, state = carry
-        start, end = qsl_ref[s], qsl_ref[s + 1]
-        context = seq_lens_ref[s] - (end - start)
-        row_ok = (tok >= start) & (tok < end)
-        row_pos = context + tok - start
-        kv_len = jnp.where(end > jnp.maximum(start, q_lo), context + jnp.minimum(end, q_hi) - start, 0)
-        state = attend_pages(state, q, tables_ref, s * table_width, 0, cdiv(kv_len, block_size), row_pos, row_ok,
-                             page_refs, base=base, scale=scale, pages_per_block=pages_per_block)
-        return s + 1, state
-
-    _, state = jax.lax.while_loop(overlaps, attend, (first, initial_state(rows, head_dim)))
+    state = fold_overlapping_sequences(qsl_ref, seq_lens_ref, num_seqs, q_lo, q_hi, tok,
+                                       initial_state(rows, head_dim), attend)
     o_ref[...] = finalize(state).astype(o_ref.dtype)
 
 
@@ -78,10 +72,7 @@ def ragged_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
     """
     num_tokens, num_heads, head_dim = q.shape
     check_pages(q.dtype, k_pages, v_pages, k_scales, v_scales, head_dim, num_heads)
-    if layer is None:
-        k_pages, v_pages = k_pages[None], v_pages[None]
-        k_scales, v_scales = (None, None) if k_scales is None else (k_scales[None], v_scales[None])
-        layer = 0
+    k_pages, v_pages, k_scales, v_scales, layer = with_layer_axis(k_pages, v_pages, k_scales, v_scales, layer)
     _, num_kv_heads, num_pages, block_size, _ = k_pages.shape
     gpu_rules.check_gpu_pages(block_size, head_dim, pages_per_compute_block)
     groups = num_heads // num_kv_heads

@@ -16,7 +16,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels import tpu_rules
-from pallas_kernels.common import check_pages, finalize, initial_state
+from pallas_kernels.common import check_pages, finalize, initial_state, with_layer_axis
 from pallas_kernels.tpu_pages import PageRefs, attend_sequence, scratch_shapes
 
 
@@ -53,10 +53,7 @@ def paged_decode_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
     """
     batch, num_heads, head_dim = q.shape
     check_pages(q.dtype, k_pages, v_pages, k_scales, v_scales, head_dim, num_heads)
-    if layer is None:
-        k_pages, v_pages = k_pages[None], v_pages[None]
-        k_scales, v_scales = (None, None) if k_scales is None else (k_scales[None], v_scales[None])
-        layer = 0
+    k_pages, v_pages, k_scales, v_scales, layer = with_layer_axis(k_pages, v_pages, k_scales, v_scales, layer)
     _, num_kv_heads, _, block_size, _ = k_pages.shape
     tpu_rules.check_tpu_pages(block_size, head_dim, k_pages.dtype, pages_per_compute_block)
     groups = num_heads // num_kv_heads

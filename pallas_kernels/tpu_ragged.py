@@ -17,7 +17,13 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels import tpu_rules
-from pallas_kernels.common import check_pages, finalize, initial_state
+from pallas_kernels.common import (
+    check_pages,
+    finalize,
+    fold_overlapping_sequences,
+    initial_state,
+    with_layer_axis,
+)
 from pallas_kernels.tpu_pages import PageRefs, attend_sequence, scratch_shapes
 
 
@@ -43,29 +49,13 @@ def _kernel(tables_ref, seq_lens_ref, qsl_ref, num_seqs_ref, layer_ref, q_ref, k
     row = jax.lax.broadcasted_iota(jnp.int32, (rows, 1), 0).astype(jnp.float32)
     tok = q_lo + jnp.floor((row + 0.5) * (1.0 / groups)).astype(jnp.int32)
     num_seqs = num_seqs_ref[0]
-    last_row = qsl_ref.shape[0] - 1
 
-    # Skip the sequences whose chunks end before this block (a scalar loop over SMEM).
-    first = jax.lax.while_loop(
-        lambda s: (s < num_seqs) & (qsl_ref[jnp.minimum(s + 1, last_row)] <= q_lo), lambda s: s + 1, 0)
+    def attend(state, s, row_pos, row_ok, kv_len):
+        return attend_sequence(state, q, row_pos, row_ok, kv_len, refs, layer=layer_ref[0], head=h, row=s,
+                               table_width=table_width, scale=scale)
 
-    def overlaps(carry):
-        s, _ = carry
-        return (s < num_seqs) & (qsl_ref[jnp.minimum(s, last_row)] < q_hi)
-
-    def attend(carry):
-        s, state = carry
-        start, end = qsl_ref[s], qsl_ref[s + 1]
-        context = seq_lens_ref[s] - (end - start)
-        row_ok = (tok >= start) & (tok < end)
-        row_pos = context + tok - start
-        # Keys up to the position of this sequence's last token inside the block.
-        kv_len = jnp.where(end > jnp.maximum(start, q_lo), context + jnp.minimum(end, q_hi) - start, 0)
-        state = attend_sequence(state, q, row_pos, row_ok, kv_len, refs, layer=layer_ref[0], head=h, row=s,
-                                table_width=table_width, scale=scale)
-        return s + 1, state
-
-    _, state = jax.lax.while_loop(overlaps, attend, (first, initial_state(rows, head_dim)))
+    state = fold_overlapping_sequences(qsl_ref, seq_lens_ref, num_seqs, q_lo, q_hi, tok,
+                                       initial_state(rows, head_dim), attend)
     o_ref[...] = finalize(state).astype(o_ref.dtype)
 
 
@@ -83,10 +73,7 @@ def ragged_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
     """
     num_tokens, num_heads, head_dim = q.shape
     check_pages(q.dtype, k_pages, v_pages, k_scales, v_scales, head_dim, num_heads)
-    if layer is None:
-        k_pages, v_pages = k_pages[None], v_pages[None]
-        k_scales, v_scales = (None, None) if k_scales is None else (k_scales[None], v_scales[None])
-        layer = 0
+    k_pages, v_pages, k_scales, v_scales, layer = with_layer_axis(k_pages, v_pages, k_scales, v_scales, layer)
     _, num_kv_heads, _, block_size, _ = k_pages.shape
     tpu_rules.check_tpu_pages(block_size, head_dim, k_pages.dtype, pages_per_compute_block)
     groups = num_heads // num_kv_heads

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 from jaxserve.planner.devices import DeviceSpec
 
 
-def _median_seconds(fn, *args, repeats: int = 7) -> float:
+def median_seconds(fn, *args, repeats: int = 7) -> float:
+    """Median wall time of `fn(*args)` over `repeats` runs, after one untimed run (compilation, warm-up)."""
     jax.block_until_ready(fn(*args))  # compile and warm up
     times = []
     for _ in range(repeats):
@@ -22,21 +23,27 @@ def _median_seconds(fn, *args, repeats: int = 7) -> float:
     return statistics.median(times)
 
 
-def measure_bandwidth(num_bytes: int | None = None) -> float:
+def measure_bandwidth(num_bytes: int | None = None, repeats: int = 7) -> float:
     """Bytes/s of a full read of a large float32 array (a reduction: the access pattern of decode)."""
     accelerator = jax.default_backend() != "cpu"
     num_bytes = num_bytes or (2 << 30 if accelerator else 256 << 20)
     x = jnp.ones((num_bytes // 4,), jnp.float32)
-    return num_bytes / _median_seconds(jax.jit(jnp.sum), x)
+    return num_bytes / median_seconds(jax.jit(jnp.sum), x, repeats=repeats)
 
 
-def measure_matmul(dtype: str, size: int | None = None) -> float:
+def measure_copy_bandwidth(num_bytes: int, repeats: int = 7) -> float:
+    """Bytes/s (read + write) of an elementwise pass over a float32 array into a fresh buffer."""
+    x = jnp.ones((num_bytes // 4,), jnp.float32)
+    return 2 * num_bytes / median_seconds(jax.jit(lambda a: a * 1.0001), x, repeats=repeats)
+
+
+def measure_matmul(dtype: str, size: int | None = None, repeats: int = 7) -> float:
     """FLOP/s of a square matmul with `dtype` operands and float32 accumulation."""
     size = size or (8192 if jax.default_backend() != "cpu" else 1024)
     a = jnp.ones((size, size), dtype)
     b = jnp.ones((size, size), dtype)
     dot = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
-    return 2 * size**3 / _median_seconds(dot, a, b)
+    return 2 * size**3 / median_seconds(dot, a, b, repeats=repeats)
 
 
 def device_memory_bytes() -> float:

@@ -147,28 +147,32 @@ class ServerMetrics:
             lines.append(f"# TYPE {p}{name} {kind}")
             lines.extend(samples)
 
+        def scalar(name: str, kind: str, help_text: str, value: Any) -> None:
+            """One unlabelled sample; counters get Prometheus' `_total` suffix."""
+            sample = f"{p}{name}{'_total' if kind == 'counter' else ''}{{{lb}}} {value}"
+            metric(name, kind, help_text, [sample])
+
         with self._lock:
-            metric("num_requests_running", "gauge", "Requests in the running batch.",
-                   [f"{p}num_requests_running{{{lb}}} {stats.get('num_running', 0)}"])
-            metric("num_requests_waiting", "gauge", "Requests waiting to be scheduled.",
-                   [f"{p}num_requests_waiting{{{lb}}} {stats.get('num_waiting', 0)}"])
-            metric("kv_cache_usage_perc", "gauge", "Fraction of KV cache pages in use (0-1).",
-                   [f"{p}kv_cache_usage_perc{{{lb}}} {float(stats.get('kv_cache_usage', 0.0))}"])
-            metric("prompt_tokens", "counter", "Prompt tokens of finished requests.",
-                   [f"{p}prompt_tokens_total{{{lb}}} {self.prompt_tokens}"])
-            metric("generation_tokens", "counter", "Generated tokens of finished requests.",
-                   [f"{p}generation_tokens_total{{{lb}}} {self.generation_tokens}"])
+            for name, kind, help_text, value in (
+                ("num_requests_running", "gauge", "Requests in the running batch.", stats.get("num_running", 0)),
+                ("num_requests_waiting", "gauge", "Requests waiting to be scheduled.", stats.get("num_waiting", 0)),
+                ("kv_cache_usage_perc", "gauge", "Fraction of KV cache pages in use (0-1).",
+                 float(stats.get("kv_cache_usage", 0.0))),
+                ("prompt_tokens", "counter", "Prompt tokens of finished requests.", self.prompt_tokens),
+                ("generation_tokens", "counter", "Generated tokens of finished requests.", self.generation_tokens),
+            ):
+                scalar(name, kind, help_text, value)
             metric("request_success", "counter", "Finished samples by finish reason.",
                    [f'{p}request_success_total{{{lb},finished_reason="{r}"}} {n}'
                     for r, n in sorted(self.success.items())])
-            metric("num_preemptions", "counter", "Preemptions by the scheduler.",
-                   [f"{p}num_preemptions_total{{{lb}}} {stats.get('num_preemptions', 0)}"])
-            metric("compiles_after_warmup", "counter", "Jitted-step compilations after warm-up (a missing bucket).",
-                   [f"{p}compiles_after_warmup_total{{{lb}}} {int(stats.get('num_compiles_after_warmup', 0) or 0)}"])
-            metric("prefix_cache_queries", "counter", "Prompt tokens looked up in the prefix cache.",
-                   [f"{p}prefix_cache_queries_total{{{lb}}} {int(stats.get('prefix_cache_queries', 0) or 0)}"])
-            metric("prefix_cache_hits", "counter", "Prompt tokens found in the prefix cache.",
-                   [f"{p}prefix_cache_hits_total{{{lb}}} {int(stats.get('prefix_cache_hits', 0) or 0)}"])
+            for name, stat, help_text in (
+                ("num_preemptions", "num_preemptions", "Preemptions by the scheduler."),
+                ("compiles_after_warmup", "num_compiles_after_warmup",
+                 "Jitted-step compilations after warm-up (a missing bucket)."),
+                ("prefix_cache_queries", "prefix_cache_queries", "Prompt tokens looked up in the prefix cache."),
+                ("prefix_cache_hits", "prefix_cache_hits", "Prompt tokens found in the prefix cache."),
+            ):
+                scalar(name, "counter", help_text, int(stats.get(stat, 0) or 0))
             metric("time_to_first_token_seconds", "histogram", "Time from arrival to the first token.",
                    self.ttft.render(f"{p}time_to_first_token_seconds", lb))
             metric("e2e_request_latency_seconds", "histogram", "Time from arrival to the end of a request.",

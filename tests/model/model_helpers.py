@@ -57,10 +57,11 @@ def hf_greedy(model: torch.nn.Module, tokens: list[int], max_new_tokens: int) ->
 
 
 def paged_prompt_logits(loaded: Any, tokens: list[int], chunks: list[int] | None = None,
-                        block_size: int = 16) -> np.ndarray:
-    """Logits [T, V] from `jaxserve.model.llama.forward` over a fresh paged KV cache.
+                        block_size: int = 16, kv_dtype: str = "float32") -> np.ndarray:
+    """Logits [T, V] from `jaxserve.model.llama.forward` over a fresh paged KV cache of `kv_dtype`.
 
-    `chunks` lists chunk lengths (default: the whole prompt at once); later chunks read earlier ones from pages.
+    `chunks` lists chunk lengths (default: the whole prompt at once); later chunks read earlier ones from pages
+    (int8 pages dequantized).
     Pages are handed out in reverse order so a table/slot mix-up cannot pass by accident.
     """
     import jax
@@ -74,7 +75,7 @@ def paged_prompt_logits(loaded: Any, tokens: list[int], chunks: list[int] | None
     cfg = loaded.config
     params = jax.device_put(loaded.params)
     num_pages = -(-len(tokens) // block_size)
-    cache = allocate_kv_cache(cfg, num_pages + 3, block_size, "float32")
+    cache = allocate_kv_cache(cfg, num_pages + 3, block_size, kv_dtype)
     chunk = context_chunk_blocks(block_size)
     table = np.zeros((1, -(-num_pages // chunk) * chunk), np.int32)
     table[0, :num_pages] = np.arange(num_pages + 2, 2, -1)
