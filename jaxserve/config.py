@@ -143,6 +143,27 @@ def _hf_rope_scaling(cfg: dict[str, Any]) -> dict[str, Any] | None:
     return {k: v for k, v in scaling.items() if k != "rope_theta"}
 
 
+def valid_tensor_parallel_sizes(model: ModelConfig) -> list[int]:
+    """The tensor-parallel sizes that divide the query heads, the KV heads and the MLP's intermediate dimension.
+
+    Attention is split by KV head (each shard keeps whole groups of query heads with their KV head) and the MLP by
+    its intermediate dimension; a size that splits a head cannot be served.
+    """
+    common = math.gcd(math.gcd(model.num_heads, model.num_kv_heads), model.intermediate_size)
+    return [n for n in range(1, common + 1) if common % n == 0]
+
+
+def check_tensor_parallel_size(model: ModelConfig, size: int) -> None:
+    """A ValueError naming the valid sizes when `size` cannot split this model."""
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"tensor_parallel_size must be a positive integer, got {size!r}")
+    valid = valid_tensor_parallel_sizes(model)
+    if size not in valid:
+        raise ValueError(f"tensor_parallel_size={size} does not divide this model's heads (num_heads="
+                         f"{model.num_heads}, num_kv_heads={model.num_kv_heads}, intermediate_size="
+                         f"{model.intermediate_size}); valid sizes: {', '.join(map(str, valid))}")
+
+
 @dataclasses.dataclass(frozen=True)
 class CacheConfig:
     """The paged KV cache: page (block) size and the memory budget that sizes the pool."""
@@ -198,8 +219,10 @@ class EngineConfig:
     quantization: str | None = None  # weight quantization scheme; None keeps the checkpoint's float weights
     quantization_group_size: int | None = None  # int4: 32 by default; int8: None = per output channel
     quantize_embedding: bool = True  # False keeps the embedding (and a tied LM head) in float
+    tensor_parallel_size: int = 1  # devices one model is split over (by heads; see jaxserve.parallel)
 
     def __post_init__(self) -> None:
+        check_tensor_parallel_size(self.model, self.tensor_parallel_size)
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
         if self.quantization is not None and self.quantization not in SUPPORTED_QUANTIZATION:

@@ -63,15 +63,21 @@ def _stored(values: jax.Array, storage: jnp.dtype) -> jax.Array:
     return values.astype(storage)
 
 
-def allocate_kv_cache(model: ModelConfig, num_blocks: int, block_size: int, kv_dtype: str) -> KVCache:
-    """Zero-filled K and V page arrays on the default device."""
+def allocate_kv_cache(model: ModelConfig, num_blocks: int, block_size: int, kv_dtype: str,
+                      sharding: jax.sharding.Sharding | None = None) -> KVCache:
+    """Zero-filled K and V page arrays, on the default device or created in place with `sharding` (every
+    device then allocates only its own part, e.g. its KV heads under tensor parallelism)."""
     shape = (model.num_layers, model.num_kv_heads, num_blocks, block_size, model.head_dim)
-    dtype = storage_dtype(kv_dtype)
-    cache = {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-    if kv_dtype == "int8":
-        cache["k_scale"] = jnp.zeros(shape[:-1], jnp.float32)
-        cache["v_scale"] = jnp.zeros(shape[:-1], jnp.float32)
-    return cache
+    dtype = storage_dtype(kv_dtype, None if sharding is None else next(iter(sharding.device_set)).platform)
+
+    def zeros() -> KVCache:
+        cache = {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+        if kv_dtype == "int8":
+            cache["k_scale"] = jnp.zeros(shape[:-1], jnp.float32)
+            cache["v_scale"] = jnp.zeros(shape[:-1], jnp.float32)
+        return cache
+
+    return zeros() if sharding is None else jax.jit(zeros, out_shardings=sharding)()
 
 
 def quantize_kv(x: jax.Array) -> tuple[jax.Array, jax.Array]:

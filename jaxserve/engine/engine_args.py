@@ -6,11 +6,14 @@ import dataclasses
 import logging
 import os
 import time
+from typing import Any
 
 import jax
 
-from jaxserve.config import CacheConfig, EngineConfig, SchedulerConfig
+from jaxserve.config import CacheConfig, EngineConfig, SchedulerConfig, check_tensor_parallel_size
 from jaxserve.kv_cache import kv_bytes_per_token
+from jaxserve.parallel.mesh import device_groups, make_mesh
+from jaxserve.parallel.sharding import shard_params
 from jaxserve.planner.memory import DEFAULT_MEMORY_UTILIZATION, kv_pool_blocks, local_kv_budget, max_concurrency
 from jaxserve.quant import QuantConfig, is_quantized, param_nbytes
 
@@ -40,6 +43,8 @@ class EngineArgs:
     quantize_embedding: bool = True  # False keeps the embedding (and a tied LM head) in float
     skip_tokenizer_init: bool = False
     seed: int = 0
+    tensor_parallel_size: int = 1  # devices each model replica is split over (Megatron-style, by heads)
+    data_parallel_size: int = 1  # replicas, each with its own scheduler and KV pool, behind one router
     compile_all_buckets: bool = True
     compilation_cache_dir: str | None = DEFAULT_COMPILATION_CACHE
     progress: bool = True
@@ -52,20 +57,35 @@ class EngineArgs:
 
 
 def build_engine(args: EngineArgs):
-    """Load the checkpoint and tokenizer, size the KV pool, compile the steps, and return an LLMEngine."""
+    """Load the checkpoint and tokenizer, size the KV pool, compile the steps, and return an LLMEngine (or a
+    DataParallelEngine over `data_parallel_size` replicas of `tensor_parallel_size` devices each)."""
+    from jaxserve.engine.data_parallel import DataParallelEngine
+
+    loaded, tokenizer, config = load_model(args)
+    groups = device_groups(args.tensor_parallel_size, args.data_parallel_size)
+    replicas = [build_replica(dataclasses.replace(config, seed=config.seed + i), loaded.params, tokenizer, devices,
+                              args) for i, devices in enumerate(groups)]
+    logger.info("%d data-parallel replica(s) of %d device(s) each: %s", len(groups), args.tensor_parallel_size,
+                "; ".join(", ".join(str(d) for d in group) for group in groups))
+    return replicas[0] if len(replicas) == 1 else DataParallelEngine(replicas)
+
+
+def load_model(args: EngineArgs) -> tuple[Any, Any, EngineConfig]:
+    """(the loaded checkpoint with host params, the tokenizer or None, the EngineConfig) for `args`."""
     from jaxserve.checkpoint import default_model_path, load_checkpoint
-    from jaxserve.engine.llm_engine import LLMEngine
 
     if args.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", args.compilation_cache_dir)
+    if args.data_parallel_size < 1:
+        raise ValueError(f"data_parallel_size must be >= 1, got {args.data_parallel_size}")
     dtype = args.resolved_dtype()
     path = args.model or default_model_path()
     start = time.perf_counter()
-    quant = quant_config(args)
-    loaded = load_checkpoint(path, dtype=dtype, progress=args.progress, quantization=quant)
-    params = jax.device_put(loaded.params)
+    loaded = load_checkpoint(path, dtype=dtype, progress=args.progress, quantization=quant_config(args))
+    check_tensor_parallel_size(loaded.config, args.tensor_parallel_size)
     logger.info("loaded %s (%s, %s, %s) in %.1f s; weights: %.1f MiB", path, loaded.format, dtype,
-                describe_quantization(params), time.perf_counter() - start, param_nbytes(params) / 2**20)
+                describe_quantization(loaded.params), time.perf_counter() - start,
+                param_nbytes(loaded.params) / 2**20)
     tokenizer = None
     if not args.skip_tokenizer_init:
         if loaded.tokenizer_path is None:
@@ -84,10 +104,19 @@ def build_engine(args: EngineArgs):
                                   max_num_batched_tokens=args.max_num_batched_tokens),
         dtype=dtype, seed=args.seed, attention_backend=args.attention_backend, quantization=args.quantization,
         quantization_group_size=args.quantization_group_size, quantize_embedding=args.quantize_embedding,
-        compile_all_buckets=args.compile_all_buckets,
+        tensor_parallel_size=args.tensor_parallel_size, compile_all_buckets=args.compile_all_buckets,
         compilation_cache_dir=args.compilation_cache_dir)
-    num_blocks = size_kv_pool(config, args.gpu_memory_utilization)
-    return LLMEngine(config, params, tokenizer, num_blocks, progress=args.progress)
+    return loaded, tokenizer, config
+
+
+def build_replica(config: EngineConfig, host_params: dict, tokenizer: Any, devices: list, args: EngineArgs):
+    """One LLMEngine on `devices`: its slices of the weights placed there, then its KV pool sized and allocated."""
+    from jaxserve.engine.llm_engine import LLMEngine
+
+    # Placed before the pool is sized, so an accelerator's free memory already accounts for the weights.
+    params = shard_params(host_params, make_mesh(devices))
+    num_blocks = size_kv_pool(config, args.gpu_memory_utilization, devices)
+    return LLMEngine(config, params, tokenizer, num_blocks, progress=args.progress, devices=devices)
 
 
 def quant_config(args: EngineArgs) -> QuantConfig | None:
@@ -109,7 +138,8 @@ def describe_quantization(params: dict) -> str:
     return ", ".join(f"{name} x {n}" for name, n in sorted(counts.items()))
 
 
-def size_kv_pool(config: EngineConfig, memory_utilization: float = DEFAULT_MEMORY_UTILIZATION) -> int:
+def size_kv_pool(config: EngineConfig, memory_utilization: float = DEFAULT_MEMORY_UTILIZATION,
+                 devices: list | None = None) -> int:
     """Pages in the pool (the reserved page included), from num_kv_blocks, kv_cache_memory or the platform.
 
     The arithmetic is the capacity planner's (`jaxserve.planner.memory`), so `jaxserve plan --device local` predicts
@@ -120,7 +150,7 @@ def size_kv_pool(config: EngineConfig, memory_utilization: float = DEFAULT_MEMOR
     if cache.num_kv_blocks is not None:
         num_blocks = cache.num_kv_blocks
     else:
-        budget = cache.kv_cache_memory or local_kv_budget(memory_utilization)
+        budget = cache.kv_cache_memory or local_kv_budget(memory_utilization, devices)
         num_blocks = kv_pool_blocks(config.model, config.kv_dtype, cache.block_size, budget,
                                     config.max_blocks_per_seq, config.scheduler.max_num_seqs)
     if num_blocks < 2:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -26,10 +27,11 @@ class LLMEngine:
     """Continuous batching over a ModelRunner: add requests, call `step()`, read the outputs it returns."""
 
     def __init__(self, config: EngineConfig, params: dict[str, Any], tokenizer: Any | None, num_blocks: int,
-                 progress: bool = True) -> None:
+                 progress: bool = True, devices: Sequence[Any] | None = None) -> None:
+        """`devices`: the `config.tensor_parallel_size` devices the model runs on (default: the first ones)."""
         self.config = config
         self.tokenizer = tokenizer
-        self.runner = ModelRunner(config, params, num_blocks)
+        self.runner = ModelRunner(config, params, num_blocks, devices)
         self.block_manager = BlockManager(num_blocks, config.cache.block_size,
                                           enable_caching=config.cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.block_manager)

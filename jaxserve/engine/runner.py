@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -28,6 +29,8 @@ from jaxserve.engine.scheduler import ScheduledBatch
 from jaxserve.engine.step_inputs import StepInputs, build_step_inputs
 from jaxserve.kv_cache import KVCache, allocate_kv_cache
 from jaxserve.model.llama import compute_logits, forward
+from jaxserve.parallel.mesh import device_groups, make_mesh, replicated
+from jaxserve.parallel.sharding import cache_sharding, shard_by_heads, shard_params
 from jaxserve.sampling_params import MAX_LOGPROBS
 
 logger = logging.getLogger(__name__)
@@ -36,13 +39,23 @@ logger = logging.getLogger(__name__)
 class ModelRunner:
     """Owns the device state (parameters, KV pages) and the compiled steps."""
 
-    def __init__(self, config: EngineConfig, params: dict[str, Any], num_blocks: int) -> None:
+    def __init__(self, config: EngineConfig, params: dict[str, Any], num_blocks: int,
+                 devices: Sequence[jax.Device] | None = None) -> None:
+        """`params` (host or device arrays) are placed on `devices` (default: the first
+        `config.tensor_parallel_size` devices), split by heads when there are several."""
         self.config = config
         self.model_config = config.model
         self.block_size = config.cache.block_size
-        self.params = params
+        tp = config.tensor_parallel_size
+        devices = list(devices) if devices is not None else device_groups(tp)[0]
+        if len(devices) != tp:
+            raise ValueError(f"tensor_parallel_size={tp} needs {tp} devices, got {len(devices)}")
+        self.mesh = make_mesh(devices)
+        self._replicated = replicated(self.mesh)
+        self.params = shard_params(params, self.mesh)
         self.num_blocks = num_blocks
-        self.cache: KVCache = allocate_kv_cache(config.model, num_blocks, self.block_size, config.kv_dtype)
+        self.cache: KVCache = allocate_kv_cache(config.model, num_blocks, self.block_size, config.kv_dtype,
+                                                sharding=cache_sharding(self.mesh))
         sched = config.scheduler
         chunk = context_chunk_blocks(self.block_size)
         self.table_width = -(-config.max_blocks_per_seq // chunk) * chunk
@@ -55,12 +68,18 @@ class ModelRunner:
 
         attention_fn = get_attention_fn(config.attention_backend, model=config.model, block_size=self.block_size,
                                         kv_dtype=config.kv_dtype)
+        shard_attention = functools.partial(shard_by_heads, mesh=self.mesh) if tp > 1 else None
+        # Outputs pinned to the inputs' shardings: the donated pages keep their layout, and every step (and the
+        # next compilation-cache lookup) sees the same input shardings.
+        pages = cache_sharding(self.mesh)
         self._model_step = jax.jit(
-            functools.partial(forward, config=config.model, attention_fn=attention_fn), donate_argnames=("cache",))
+            functools.partial(forward, config=config.model, attention_fn=attention_fn,
+                              shard_attention=shard_attention), donate_argnames=("cache",),
+            out_shardings=(self._replicated, pages))
         self._select_rows = jax.jit(lambda hidden, indices: hidden[indices])
         self._sample_step = jax.jit(_logits_and_sample, static_argnames=("variant",))
         self._prompt_logprobs_step = jax.jit(_prompt_logprobs)
-        self._copy_pages = jax.jit(copy_pages, donate_argnames=("cache",))
+        self._copy_pages = jax.jit(copy_pages, donate_argnames=("cache",), out_shardings=pages)
 
     # -- compilation bookkeeping ---------------------------------------------------------------------------------
 
@@ -89,7 +108,8 @@ class ModelRunner:
             inputs.prompt_targets = np.zeros(num_tokens, np.int32)
             jax.device_get(self._launch(inputs, variant, prompt_logprobs))
         self._note_shape(("copy",))
-        self.cache = self._copy_pages(self.cache, jnp.zeros((self.config.scheduler.max_num_seqs, 2), jnp.int32))
+        no_copies = jax.device_put(np.zeros((self.config.scheduler.max_num_seqs, 2), np.int32), self._replicated)
+        self.cache = self._copy_pages(self.cache, no_copies)
         jax.block_until_ready(self.cache)
         self.warmed_up = True
         return time.perf_counter() - start
@@ -124,7 +144,7 @@ class ModelRunner:
         targets = inputs.prompt_targets if want_prompt_logprobs else None
         tokens, positions, meta, indices, tensors, targets, page_copies = jax.device_put((
             inputs.tokens, inputs.positions, meta, inputs.logits_indices, SamplingTensors(**inputs.sampling),
-            targets, inputs.page_copies))
+            targets, inputs.page_copies), self._replicated)
         if page_copies is not None:  # copy-on-write: shared pages this step writes are copied first
             self._note_shape(("copy",))
             self.cache = self._copy_pages(self.cache, page_copies)

@@ -7,7 +7,6 @@ layer's scatter updates the donated page arrays in place.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import jax
@@ -31,17 +30,26 @@ def forward(
     cache: KVCache,
     meta: AttentionMetadata,
     attention_fn: Callable = paged_attention,
+    shard_attention: Callable[[Callable], Callable] | None = None,
 ) -> tuple[jax.Array, KVCache]:
     """Run the decoder over packed tokens `[T]` at `positions` `[T]`.
 
     Writes every token's K/V into its slot and returns the final-normed hidden states `[T, hidden]` and the
     updated cache. Logits are a separate step (`compute_logits`) so only the rows that are sampled pay for the
-    LM head.
+    LM head. `shard_attention` wraps the per-layer KV write + attention (e.g. to run it per device on its heads
+    under tensor parallelism: `parallel.sharding.shard_by_heads`).
     """
     inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
-    attend = functools.partial(attention_fn, meta=meta, positions=positions,
-                               scale=config.head_dim ** -0.5, sliding_window=config.sliding_window)
     num_tokens = tokens.shape[0]
+
+    def attention_block(q, k, v, cache, index, meta, positions):
+        cache = write_kv(cache, index, k, v, meta.slot_mapping)
+        out = attention_fn(q, k, v, cache, index, meta=meta, positions=positions, scale=config.head_dim ** -0.5,
+                           sliding_window=config.sliding_window)
+        return out, cache
+
+    if shard_attention is not None:
+        attention_block = shard_attention(attention_block)
 
     def layer(carry, inputs):
         x, cache = carry
@@ -51,8 +59,7 @@ def forward(
         k = linear(h, lp["wk"], lp.get("bk")).reshape(num_tokens, config.num_kv_heads, config.head_dim)
         v = linear(h, lp["wv"], lp.get("bv")).reshape(num_tokens, config.num_kv_heads, config.head_dim)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-        cache = write_kv(cache, index, k, v, meta.slot_mapping)
-        o = attend(q, k, v, cache, index)
+        o, cache = attention_block(q, k, v, cache, index, meta, positions)
         x = x + linear(o.reshape(num_tokens, -1), lp["wo"])
         h = rms_norm(x, lp["mlp_norm"], config.rms_norm_eps)
         x = x + gated_mlp(h, lp["w_gate"], lp["w_up"], lp["w_down"])

@@ -112,16 +112,20 @@ def max_concurrency(num_blocks: int, max_model_len: int, block_size: int) -> int
     return max(num_blocks - 1, 0) // math.ceil(max_model_len / block_size)
 
 
-def local_kv_budget(memory_utilization: float = DEFAULT_MEMORY_UTILIZATION) -> int:
-    """KV bytes the engine may use on the local device: a fixed default on CPU; on an accelerator the fraction
-    `memory_utilization` of its memory minus what is already in use (the weights, once loaded)."""
+def local_kv_budget(memory_utilization: float = DEFAULT_MEMORY_UTILIZATION, devices: list | None = None) -> int:
+    """KV bytes the engine may use on the local devices: a fixed default on CPU; on accelerators the fraction
+    `memory_utilization` of each device's memory minus what is already in use (the weights, once loaded), times the
+    number of devices (KV pages are split evenly over a tensor-parallel group, so the fullest device decides)."""
     import jax
 
-    device = jax.devices()[0]
-    if device.platform == "cpu":
+    devices = devices or jax.devices()[:1]
+    if devices[0].platform == "cpu":
         return CPU_DEFAULT_KV_CACHE_MEMORY
-    stats = device.memory_stats() or {}
-    limit, used = stats.get("bytes_limit"), stats.get("bytes_in_use", 0)
-    if not limit:
-        return CPU_DEFAULT_KV_CACHE_MEMORY
-    return max(0, math.floor(limit * memory_utilization) - used)
+    budgets = []
+    for device in devices:
+        stats = device.memory_stats() or {}
+        limit, used = stats.get("bytes_limit"), stats.get("bytes_in_use", 0)
+        if not limit:
+            return CPU_DEFAULT_KV_CACHE_MEMORY
+        budgets.append(max(0, math.floor(limit * memory_utilization) - used))
+    return min(budgets) * len(devices)
