@@ -38,9 +38,32 @@ def engine_args_from(ns: argparse.Namespace) -> EngineArgs:
     return EngineArgs(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(EngineArgs)})
 
 
+def _join_job(ns: argparse.Namespace) -> bool:
+    """Join a multi-process job when the flags or environment ask for one (before any other JAX call).
+
+    Returns True on a follower (process_index > 0), which then only replays the leader's steps.
+    """
+    from jaxserve.parallel import multihost
+
+    index, count = multihost.initialize(multihost.DistributedConfig.from_args(ns))
+    return count > 1 and index > 0
+
+
+def _follow(ns: argparse.Namespace) -> int:
+    """A follower process: build the same engine (its shards of the weights and pages), replay the leader's steps."""
+    from jaxserve.engine.engine_args import build_engine
+
+    engine = build_engine(engine_args_from(ns))
+    steps = engine.runner.follow()
+    logging.getLogger(__name__).info("the leader stopped after %d steps", steps)
+    return 0
+
+
 def _generate(ns: argparse.Namespace) -> int:
     from jaxserve.llm import LLM
 
+    if _join_job(ns):
+        return _follow(ns)
     args = engine_args_from(ns)
     llm = LLM(**dataclasses.asdict(args))
     params = SamplingParams(max_tokens=ns.max_tokens, temperature=ns.temperature, top_p=ns.top_p, top_k=ns.top_k,
@@ -65,6 +88,8 @@ def _generate(ns: argparse.Namespace) -> int:
 def _serve(ns: argparse.Namespace) -> int:
     from jaxserve.server.launch import serve
 
+    if _join_job(ns):
+        return _follow(ns)
     serve(engine_args_from(ns), host=ns.host, port=ns.port, api_key=ns.api_key,
           served_model_name=ns.served_model_name, log_level=ns.log_level, max_queue_len=ns.max_queue_len,
           max_body_bytes=ns.max_body_bytes, graceful_shutdown_s=ns.graceful_shutdown_s)
@@ -128,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="capacity plan: memory, max concurrency, roofline TTFT/TPOT for a device")
     add_plan_args(plan)
     plan.set_defaults(func=run_plan)
+    from jaxserve.parallel.multihost import add_cli_arguments
+
+    for subparser in (srv, gen):  # multi-host: every process runs the same command with its own process id
+        add_cli_arguments(subparser)
     # --log-level works before or after the subcommand (so `python serve.py --log-level DEBUG` works too).
     for subparser in (srv, gen, conv, plan):
         subparser.add_argument("--log-level", default=argparse.SUPPRESS, help="logging level (default INFO)")

@@ -153,6 +153,14 @@ class AsyncLLMEngine:
             return
         self.ready.set()
         logger.info("engine ready")
+        try:
+            self._serve_loop()
+        finally:
+            shutdown = getattr(self.engine, "shutdown", None)  # stub engines in tests may have none
+            if shutdown is not None:
+                shutdown()
+
+    def _serve_loop(self) -> None:
         while not self._stopped:
             busy = self.engine.has_unfinished_requests()
             if not self._drain_commands(block=not busy):
@@ -167,6 +175,9 @@ class AsyncLLMEngine:
                 cmd = self._commands.get(timeout=0.5) if block else self._commands.get_nowait()
             except queue.Empty:
                 if block and not self._stopped:
+                    keepalive = getattr(self.engine, "keepalive", None)  # multi-host: idle followers hear from us
+                    if keepalive is not None:
+                        keepalive()
                     continue
                 return not self._stopped
             block = False

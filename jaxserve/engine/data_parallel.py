@@ -92,6 +92,13 @@ class DataParallelEngine:
         stats["replicas"] = per_replica
         return stats
 
+    def keepalive(self) -> None:
+        """Called while idle (see LLMEngine.keepalive)."""
+        for replica in self.replicas:
+            replica.keepalive()
+
     def shutdown(self) -> None:
-        """Stop the stepping threads."""
+        """Stop the stepping threads and shut every replica down."""
         self._pool.shutdown(wait=False)
+        for replica in self.replicas:
+            replica.shutdown()

@@ -62,6 +62,10 @@ def build_engine(args: EngineArgs):
     from jaxserve.engine.data_parallel import DataParallelEngine
 
     loaded, tokenizer, config = load_model(args)
+    if jax.process_count() > 1 and (args.tensor_parallel_size != jax.device_count() or args.data_parallel_size > 1):
+        raise ValueError(f"a multi-process job runs one model over all {jax.device_count()} devices of its "
+                         f"{jax.process_count()} processes: pass tensor_parallel_size={jax.device_count()} "
+                         f"(data_parallel_size 1); got {args.tensor_parallel_size} x {args.data_parallel_size}")
     groups = device_groups(args.tensor_parallel_size, args.data_parallel_size)
     replicas = [build_replica(dataclasses.replace(config, seed=config.seed + i), loaded.params, tokenizer, devices,
                               args) for i, devices in enumerate(groups)]

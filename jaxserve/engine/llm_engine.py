@@ -248,6 +248,14 @@ class LLMEngine:
 
     # -- introspection -------------------------------------------------------------------------------------------
 
+    def keepalive(self) -> None:
+        """Called while idle: on a multi-host leader, a periodic no-op step keeps the followers' wait short."""
+        self.runner.keepalive()
+
+    def shutdown(self) -> None:
+        """Release what outlives the engine's steps (on a multi-host leader: stop the followers)."""
+        self.runner.close()
+
     def reset_prefix_cache(self) -> None:
         """Forget every cached prefix page (pages in use are unaffected)."""
         self.block_manager.reset_prefix_cache()

@@ -7,6 +7,7 @@ bucket is compiled at start-up; a compilation after warm-up is counted and logge
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import time
@@ -30,10 +31,13 @@ from jaxserve.engine.step_inputs import StepInputs, build_step_inputs
 from jaxserve.kv_cache import KVCache, allocate_kv_cache
 from jaxserve.model.llama import compute_logits, forward
 from jaxserve.parallel.mesh import device_groups, make_mesh, replicated
+from jaxserve.parallel.multihost import StepChannel, follower_loop
 from jaxserve.parallel.sharding import cache_sharding, shard_by_heads, shard_params
 from jaxserve.sampling_params import MAX_LOGPROBS
 
 logger = logging.getLogger(__name__)
+
+KEEPALIVE_S = 30.0  # multi-host: longest a follower waits for a message while the leader is idle
 
 
 class ModelRunner:
@@ -63,7 +67,7 @@ class ModelRunner:
         self.row_buckets = power_of_two_buckets(config.min_bucket, sched.max_num_seqs)
         self.eos_token_ids: tuple[int, ...] = config.model.eos_token_ids
         self._seen_shapes: set[tuple] = set()
-        self.warmed_up = False
+        self.warmed_up = self._warming_up = False
         self.num_compiles_after_warmup = 0
 
         attention_fn = get_attention_fn(config.attention_backend, model=config.model, block_size=self.block_size,
@@ -77,8 +81,13 @@ class ModelRunner:
                               shard_attention=shard_attention), donate_argnames=("cache",),
             out_shardings=(self._replicated, pages))
         self._select_rows = jax.jit(lambda hidden, indices: hidden[indices])
-        self._sample_step = jax.jit(_logits_and_sample, static_argnames=("variant",))
-        self._prompt_logprobs_step = jax.jit(_prompt_logprobs)
+        # Replicated results: the host reads them whole (on a multi-host leader, from its own devices).
+        self._sample_step = jax.jit(_logits_and_sample, static_argnames=("variant",), out_shardings=self._replicated)
+        self._prompt_logprobs_step = jax.jit(_prompt_logprobs, out_shardings=self._replicated)
+        # Multi-host: the leader (process 0) broadcasts every step's inputs after warm-up; followers replay them.
+        self.channel = StepChannel() if jax.process_count() > 1 else None
+        if self.channel is not None and self.channel.is_leader:
+            atexit.register(self.close)
         self._copy_pages = jax.jit(copy_pages, donate_argnames=("cache",), out_shardings=pages)
 
     # -- compilation bookkeeping ---------------------------------------------------------------------------------
@@ -95,6 +104,7 @@ class ModelRunner:
     def warmup(self, progress: bool = True) -> float:
         """Compile every bucket of every jitted step (model, row selection, sampler, prompt logprobs)."""
         start = time.perf_counter()
+        self._warming_up = True  # every process warms up by itself, in the same order: nothing is broadcast
         smallest_rows = self.row_buckets[0]
         jobs = [(t, smallest_rows, "greedy", False) for t in self.token_buckets]
         jobs += [(pick_bucket(self.token_buckets, r), r, v, False) for r in self.row_buckets for v in VARIANTS
@@ -106,12 +116,12 @@ class ModelRunner:
                                                                    disable=not progress):
             inputs = self._inputs(ScheduledBatch([], [], is_prefill=False), num_tokens, num_rows, variant)
             inputs.prompt_targets = np.zeros(num_tokens, np.int32)
-            jax.device_get(self._launch(inputs, variant, prompt_logprobs))
+            self._fetch(self._launch(inputs, variant, prompt_logprobs))
         self._note_shape(("copy",))
-        no_copies = jax.device_put(np.zeros((self.config.scheduler.max_num_seqs, 2), np.int32), self._replicated)
-        self.cache = self._copy_pages(self.cache, no_copies)
+        self.cache = self._copy_pages(self.cache, self._place(np.zeros((self.config.scheduler.max_num_seqs, 2),
+                                                                       np.int32)))
         jax.block_until_ready(self.cache)
-        self.warmed_up = True
+        self.warmed_up, self._warming_up = True, False
         return time.perf_counter() - start
 
     def _inputs(self, batch: ScheduledBatch, num_tokens: int, num_rows: int, variant: str) -> StepInputs:
@@ -131,20 +141,23 @@ class ModelRunner:
         inputs = self._inputs(batch, num_tokens, num_rows, variant)
         if want_prompt_logprobs:
             inputs.prompt_targets = _next_tokens(batch, num_tokens)
-        result = jax.device_get(self._launch(inputs, variant, want_prompt_logprobs))
+        result = self._fetch(self._launch(inputs, variant, want_prompt_logprobs))
         result["sampled"] = inputs.sampled
         return result
 
     def _launch(self, inputs: StepInputs, variant: str, want_prompt_logprobs: bool) -> dict[str, jax.Array]:
         """Dispatch one step: one host->device transfer, then the jitted calls (asynchronous)."""
+        if self.channel is not None and self.channel.is_leader and not self._warming_up:
+            self.channel.send({"variant": variant, "prompt_logprobs": want_prompt_logprobs}, inputs.to_arrays())
+            self._last_send = time.monotonic()
         num_tokens, num_rows = len(inputs.tokens), len(inputs.logits_indices)
         for key in (("model", num_tokens), ("select", num_tokens, num_rows), ("sample", num_rows, variant)):
             self._note_shape(key)
         meta = AttentionMetadata(inputs.slot_mapping, inputs.block_tables, inputs.seq_lens, inputs.query_start_loc)
         targets = inputs.prompt_targets if want_prompt_logprobs else None
-        tokens, positions, meta, indices, tensors, targets, page_copies = jax.device_put((
+        tokens, positions, meta, indices, tensors, targets, page_copies = self._place((
             inputs.tokens, inputs.positions, meta, inputs.logits_indices, SamplingTensors(**inputs.sampling),
-            targets, inputs.page_copies), self._replicated)
+            targets, inputs.page_copies))
         if page_copies is not None:  # copy-on-write: shared pages this step writes are copied first
             self._note_shape(("copy",))
             self.cache = self._copy_pages(self.cache, page_copies)
@@ -156,6 +169,52 @@ class ModelRunner:
             self._note_shape(("prompt_logprobs", num_tokens))
             outputs["prompt"] = self._prompt_logprobs_step(self.params, hidden, targets)
         return outputs
+
+
+    # -- placement, results and multi-host ---------------------------------------------------------------------
+
+    def _place(self, tree: Any) -> Any:
+        """Host inputs onto the mesh, replicated. Across processes they stay numpy: jit replicates them over the
+        global mesh, and another process's devices cannot be written from here."""
+        return tree if self.channel is not None else jax.device_put(tree, self._replicated)
+
+    def _fetch(self, outputs: dict[str, jax.Array]) -> dict[str, Any]:
+        """Replicated results as numpy (across processes, from this process's own copy)."""
+        if self.channel is None:
+            return jax.device_get(outputs)
+        return jax.tree_util.tree_map(lambda a: np.asarray(a.addressable_data(0)), outputs)
+
+    def follow(self) -> int:
+        """Multi-host follower: replay the leader's steps until it stops; returns the number of steps."""
+        if self.channel is None or self.channel.is_leader:
+            raise RuntimeError("follow() runs on the followers (process_index > 0) of a multi-process job")
+
+        steps = 0
+
+        def replay(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+            nonlocal steps
+            if meta.get("keepalive"):
+                return
+            jax.block_until_ready(self._launch(StepInputs.from_arrays(arrays), meta["variant"],
+                                               meta["prompt_logprobs"]))
+            steps += 1
+
+        follower_loop(self.channel, replay)
+        return steps
+
+    def keepalive(self) -> None:
+        """On a multi-host leader that has been idle for KEEPALIVE_S: a no-op message, so followers never wait in
+        one collective for longer than that (collective back-ends may time out on very long waits)."""
+        leading = self.channel is not None and self.channel.is_leader and not getattr(self, "_closed", False)
+        if leading and time.monotonic() - getattr(self, "_last_send", 0.0) > KEEPALIVE_S:
+            self.channel.send({"keepalive": True})
+            self._last_send = time.monotonic()
+
+    def close(self) -> None:
+        """On a multi-host leader: tell the followers to stop (once)."""
+        if self.channel is not None and self.channel.is_leader and not getattr(self, "_closed", False):
+            self._closed = True
+            self.channel.send_stop()
 
 
 def _next_tokens(batch: ScheduledBatch, num_slots: int) -> np.ndarray:

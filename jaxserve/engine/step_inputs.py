@@ -29,6 +29,20 @@ class StepInputs:
     prompt_targets: np.ndarray | None = None  # next prompt token per packed token, when prompt logprobs are asked
     page_copies: np.ndarray | None = None  # [max_num_seqs, 2] (source, destination) pages, (0, 0) padded
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays under flat names (what a multi-host leader broadcasts); `sampled` stays with the host."""
+        arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name not in ("sampling", "sampled") and getattr(self, f.name) is not None}
+        arrays.update({f"sampling.{name}": value for name, value in self.sampling.items()})
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> StepInputs:
+        """The inverse of `to_arrays` (with no `sampled` rows: a follower does not read results)."""
+        sampling = {name.split(".", 1)[1]: value for name, value in arrays.items() if name.startswith("sampling.")}
+        plain = {name: value for name, value in arrays.items() if not name.startswith("sampling.")}
+        return cls(**plain, sampling=sampling, sampled=[])
+
 
 def build_step_inputs(batch: ScheduledBatch, *, num_token_slots: int, num_rows: int, max_num_seqs: int,
                       table_width: int, block_size: int, full_sampler: bool, max_model_len: int,

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxserve.parallel.mesh import TP_AXIS
@@ -81,8 +82,22 @@ def param_shardings(params: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
 
 
 def shard_params(params: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
-    """Place `params` (host or device arrays) on `mesh`, each device receiving only its slices."""
-    return jax.device_put(params, param_shardings(params, mesh))
+    """Place `params` (host or device arrays) on `mesh`, each device receiving only its slices.
+
+    A mesh spanning several processes (multi-host) is filled by each process for its own devices, from its own
+    host copy (`jax.make_array_from_callback`).
+    """
+    shardings = param_shardings(params, mesh)
+    if all(device.process_index == jax.process_index() for device in mesh.devices.flat):
+        return jax.device_put(params, shardings)
+
+    def place(value: Any, sharding: NamedSharding) -> jax.Array:
+        if isinstance(value, jax.Array):  # already on devices: XLA reshards (a no-op when already in place)
+            return jax.device_put(value, sharding)
+        host = np.asarray(value)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree_util.tree_map(place, params, shardings)
 
 
 def cache_sharding(mesh: Mesh) -> NamedSharding:

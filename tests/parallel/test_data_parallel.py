@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ENGINE_KWARGS, prompts
 from openai import OpenAI
+from parallel_helpers import ENGINE_KWARGS, prompts
 
 from jaxserve import LLM, SamplingParams
 from jaxserve.engine.data_parallel import DataParallelEngine

@@ -128,7 +128,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_pair(logs: Path, timeout_s: float = 60.0) -> list[str]:
+def run_pair(logs: Path, timeout_s: float = 60.0, worker: Path = WORKER, args: tuple[str, ...] = ()) -> list[str]:
     """Run both workers to completion (output to files: a full pipe cannot block one); return stdouts."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -140,7 +140,7 @@ def _run_pair(logs: Path, timeout_s: float = 60.0) -> list[str]:
     try:
         for i, (out, err) in enumerate(files):
             with out.open("w") as o, err.open("w") as e:
-                procs.append(subprocess.Popen([sys.executable, str(WORKER), str(i), str(port)], env=env,
+                procs.append(subprocess.Popen([sys.executable, str(worker), str(i), str(port), *args], env=env,
                                               cwd=REPO, stdout=o, stderr=e))
         for p, (out, err) in zip(procs, files, strict=True):
             try:
@@ -156,21 +156,21 @@ def _run_pair(logs: Path, timeout_s: float = 60.0) -> list[str]:
     return [out.read_text() for out, _ in files]
 
 
-def _records(out: str, tag: str) -> list[dict[str, Any]]:
+def records(out: str, tag: str) -> list[dict[str, Any]]:
     return [json.loads(line[len(tag) + 1:]) for line in out.splitlines() if line.startswith(tag + " ")]
 
 
 @pytest.mark.timeout(120)
 def test_two_cpu_processes_share_steps_and_a_sharded_matmul(tmp_path: Path) -> None:
-    leader, follower = _run_pair(tmp_path)
+    leader, follower = run_pair(tmp_path)
     steps = make_steps()
     for index, out in enumerate((leader, follower)):
-        (info,) = _records(out, "INFO")
+        (info,) = records(out, "INFO")
         assert info == {"index": index, "count": 2, "global": 4, "local": 2}
-        assert _records(out, "DONE") == [{"steps": len(steps)}]
-        results = _records(out, "RESULT")
+        assert records(out, "DONE") == [{"steps": len(steps)}]
+        results = records(out, "RESULT")
         assert [r["sha"] for r in results] == [checksum(m, a) for m, a in steps], f"process {index}"
         for (meta, arrays), r in zip(steps, results, strict=True):
             assert r["meta"] == meta
             np.testing.assert_allclose(np.array(r["result"]), reference(meta, arrays["x"]), rtol=1e-5, atol=1e-5)
-    assert _records(leader, "RESULT") == _records(follower, "RESULT")  # bit-identical on both processes
+    assert records(leader, "RESULT") == records(follower, "RESULT")  # bit-identical on both processes

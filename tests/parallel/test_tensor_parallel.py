@@ -8,11 +8,16 @@ import functools
 import jax
 import numpy as np
 import pytest
-from conftest import ENGINE_KWARGS, TINY_GQA, prompts, run_to_completion
 from jax.sharding import PartitionSpec as P
+from parallel_helpers import ENGINE_KWARGS, TINY_GQA, prompts, run_to_completion
 
 from jaxserve import LLM, SamplingParams
-from jaxserve.config import CacheConfig, EngineConfig, SchedulerConfig, valid_tensor_parallel_sizes
+from jaxserve.config import (
+    CacheConfig,
+    EngineConfig,
+    SchedulerConfig,
+    valid_tensor_parallel_sizes,
+)
 from jaxserve.engine.llm_engine import LLMEngine
 from jaxserve.model.llama import init_params
 from jaxserve.parallel.sharding import param_specs
