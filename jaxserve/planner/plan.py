@@ -6,7 +6,7 @@ import dataclasses
 import math
 from typing import Any
 
-from jaxserve.config import ModelConfig
+from jaxserve.config import ModelConfig, check_tensor_parallel_size
 from jaxserve.kv_cache import kv_bytes_per_token
 from jaxserve.planner import memory, roofline
 from jaxserve.planner.devices import DeviceSpec
@@ -41,6 +41,8 @@ class PlanRequest:
         for name in ("num_devices", "block_size", "prompt_len", "output_len", "max_num_batched_tokens"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        # The devices split the model as the engine's tensor parallelism would: by heads.
+        check_tensor_parallel_size(self.model, self.num_devices)
 
     @property
     def compute_dtype(self) -> str:

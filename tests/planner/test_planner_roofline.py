@@ -91,3 +91,11 @@ def test_cli_json_and_errors(capsys):
     assert main(["plan", "--device", "h100", "--gpu-memory-utilization", "1.5"]) == 2
     assert main(["plan", "--memory-gb", "24", "--bandwidth-gbs", "300", "--tflops", "100", "--device", "h100"]) == 0
     assert "24" in capsys.readouterr().out
+
+
+def test_num_devices_must_split_the_heads_like_the_engine() -> None:
+    """Llama-3-8B has 32 query heads over 8 KV heads: 2, 4 and 8 devices split it, 3 does not."""
+    llama3 = resolve_model("llama-3-8b")[1]
+    with pytest.raises(ValueError, match=r"tensor_parallel_size=3 does not divide .* valid sizes: 1, 2, 4, 8"):
+        PlanRequest(model=llama3, device=get_device("h100"), num_devices=3)
+    assert plan(PlanRequest(model=llama3, device=get_device("h100"), num_devices=8))["num_devices"] == 8
