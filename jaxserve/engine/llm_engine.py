@@ -70,6 +70,10 @@ class LLMEngine:
                              f"samples of a request run together")
         text, ids = self._prompt_ids(prompt)
         self._check_length(len(ids), params)
+        vocab = self.config.model.vocab_size
+        outside = sorted(t for t in params.logit_bias if t >= vocab)
+        if outside:
+            raise ValueError(f"logit_bias token ids must be in [0, {vocab}); got {outside[:5]}")
         arrival = time.monotonic() if arrival_time is None else arrival_time
         base_seed = params.seed if params.seed is not None else int(self._rng.integers(0, 2**63))
         seqs = [Sequence(request_id, ids, params, i, base_seed, arrival) for i in range(params.n)]

@@ -162,3 +162,11 @@ def test_empty_string_prompt_with_a_tokenizer(default_llm):
     with pytest.raises(ValueError, match="empty"):
         default_llm.generate("", GREEDY, use_tqdm=False)
     assert_pool_whole(default_llm.engine)
+
+
+def test_logit_bias_outside_the_vocabulary(llm):
+    """The offline API refuses what the server refuses: a bias on a token id the model does not have."""
+    bias = SamplingParams(temperature=0, max_tokens=2, logit_bias={5: 1.0, TINY_VOCAB: 3.0})
+    with pytest.raises(ValueError, match=rf"logit_bias token ids must be in \[0, {TINY_VOCAB}\); got \[{TINY_VOCAB}\]"):
+        llm.generate({"prompt_token_ids": tokens(2, 5)}, bias, use_tqdm=False)
+    assert_pool_whole(llm.engine)
