@@ -206,7 +206,7 @@ def create_app(engine: AsyncLLMEngine, served_model_name: str, metrics: ServerMe
         if req.suffix is not None:
             raise APIError(400, "suffix is not supported", param="suffix")
         params = prepare(req, req.max_tokens, req.logprobs)
-        if req.echo and req.logprobs is not None and not req.stream:  # the echoed prompt's tokens get logprobs too
+        if req.echo and req.logprobs is not None:  # the echoed prompt's tokens get logprobs too
             params.prompt_logprobs = max(params.prompt_logprobs or 0, req.logprobs)
         tokenizer = engine.get_tokenizer()
         prompts = completion_prompts(req.prompt, tokenizer, req.add_special_tokens, req.truncate_prompt_tokens,

@@ -143,14 +143,22 @@ async def stream_events(engine: AsyncLLMEngine, streams: list[RequestStream], re
         return P.StreamChunk(id=response_id, object=obj, created=created, model=model, choices=[choice],
                              usage=usage_so_far() if continuous_usage else None).sse()
 
+    # An echoed prompt with logprobs waits for the prompt's logprobs, which come with the request's first output.
+    echo_with_logprobs = echo_prompts is not None and logprobs is not None
     try:
         for p in range(len(streams)):
             for j in range(n):
                 if chat:
                     yield chunk(p * n + j, "", role="assistant")
-                elif echo_prompts is not None:
+                elif echo_prompts is not None and not echo_with_logprobs:
                     yield chunk(p * n + j, echo_prompts[p])
+        echoed: set[int] = set()
         async for p, out in merged(engine, streams):
+            if echo_with_logprobs and p not in echoed:
+                echoed.add(p)
+                head = echo_logprobs(tokenizer, out.prompt_token_ids, out.prompt_logprobs, logprobs)
+                for j in range(n):
+                    yield chunk(p * n + j, echo_prompts[p], lp=head)
             if out.finished:
                 finals[p] = out
             cached[p] = out.num_cached_tokens

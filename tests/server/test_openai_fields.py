@@ -110,6 +110,11 @@ def test_echo_with_logprobs_scores_the_prompt(client, server_url):
         assert lp.token_logprobs[pos] == pytest.approx(scored[pos][str(ids[pos])]["logprob"], abs=1e-4)
         assert 1 <= len(lp.top_logprobs[pos]) <= 2 and lp.tokens[pos] in lp.top_logprobs[pos]
     assert resp.choices[0].model_extra.get("prompt_logprobs") is None  # only when asked for
+    chunks = list(greedy(client, PROMPT, 3, echo=True, logprobs=1, stream=True))  # streamed: the same head first
+    head = chunks[0].choices[0]
+    assert head.text == PROMPT and head.logprobs.tokens == lp.tokens[:-1]
+    assert head.logprobs.token_logprobs[1:] == pytest.approx(lp.token_logprobs[1:-1], abs=1e-5)
+    assert "".join(c.choices[0].text for c in chunks if c.choices).startswith(PROMPT + lp.tokens[-1])
 
 
 def test_continuous_usage_stats(client):
