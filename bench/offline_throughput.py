@@ -41,7 +41,7 @@ def run_jaxserve(prompts, outputs, args) -> dict:
 
     start = time.perf_counter()
     llm = LLM(dtype=args.dtype, max_model_len=1024, max_num_seqs=args.max_num_seqs,
-              max_num_batched_tokens=args.max_num_batched_tokens, progress=False)
+              max_num_batched_tokens=args.max_num_batched_tokens, layer_loop=args.layer_loop, progress=False)
     startup = time.perf_counter() - start
     params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in outputs]
     reqs = [{"prompt_token_ids": p} for p in prompts]
@@ -51,7 +51,7 @@ def run_jaxserve(prompts, outputs, args) -> dict:
     elapsed = time.perf_counter() - start
     generated = sum(len(r.outputs[0].token_ids) for r in results)
     assert generated == sum(outputs), "jaxserve generated a different number of tokens than requested"
-    return {"engine": "jaxserve", "seconds": elapsed, "output_tokens": generated,
+    return {"engine": f"jaxserve (layer_loop={args.layer_loop})", "seconds": elapsed, "output_tokens": generated,
             "output_tokens_per_s": generated / elapsed, "startup_s": startup,
             "compiles_after_warmup": llm.engine.stats()["num_compiles_after_warmup"],
             "step_time_s": llm.engine.stats()["step_time_s"], "step_tokens": llm.engine.stats()["step_tokens"],
@@ -92,6 +92,7 @@ def main() -> int:
     parser.add_argument("--hf-batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--layer-loop", default="auto", help="scan | unrolled | auto (unrolled on CPU)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "offline_throughput.json"))
     args = parser.parse_args()
 

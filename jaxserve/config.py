@@ -143,6 +143,17 @@ def _hf_rope_scaling(cfg: dict[str, Any]) -> dict[str, Any] | None:
     return {k: v for k, v in scaling.items() if k != "rope_theta"}
 
 
+LAYER_LOOPS = ("auto", "scan", "unrolled")
+
+
+def resolve_layer_loop(layer_loop: str, platform: str) -> str:
+    """"auto" is "unrolled" on CPU, where a scan copies every layer's weights out of the stacked arrays on each step
+    (decode 20-30% slower, measured in jaxserve/model/llama.py), and "scan" on accelerators."""
+    if layer_loop != "auto":
+        return layer_loop
+    return "unrolled" if platform == "cpu" else "scan"
+
+
 def valid_tensor_parallel_sizes(model: ModelConfig) -> list[int]:
     """The tensor-parallel sizes that divide the query heads, the KV heads and the MLP's intermediate dimension.
 
@@ -220,9 +231,12 @@ class EngineConfig:
     quantization_group_size: int | None = None  # int4: 32 by default; int8: None = per output channel
     quantize_embedding: bool = True  # False keeps the embedding (and a tied LM head) in float
     tensor_parallel_size: int = 1  # devices one model is split over (by heads; see jaxserve.parallel)
+    layer_loop: str = "auto"  # "scan" (stacked weights, fast compiles) | "unrolled" (per-layer weights) | "auto"
 
     def __post_init__(self) -> None:
         check_tensor_parallel_size(self.model, self.tensor_parallel_size)
+        if self.layer_loop not in LAYER_LOOPS:
+            raise ValueError(f"layer_loop must be one of {LAYER_LOOPS}, got {self.layer_loop!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
         if self.quantization is not None and self.quantization not in SUPPORTED_QUANTIZATION:

@@ -10,8 +10,9 @@ from typing import Any
 
 import jax
 
-from jaxserve.config import CacheConfig, EngineConfig, SchedulerConfig, check_tensor_parallel_size
+from jaxserve.config import CacheConfig, EngineConfig, SchedulerConfig, check_tensor_parallel_size, resolve_layer_loop
 from jaxserve.kv_cache import kv_bytes_per_token
+from jaxserve.model.llama import unstack_layers
 from jaxserve.parallel.mesh import device_groups, make_mesh
 from jaxserve.parallel.sharding import shard_params
 from jaxserve.planner.memory import DEFAULT_MEMORY_UTILIZATION, kv_pool_blocks, local_kv_budget, max_concurrency
@@ -45,6 +46,7 @@ class EngineArgs:
     seed: int = 0
     tensor_parallel_size: int = 1  # devices each model replica is split over (Megatron-style, by heads)
     data_parallel_size: int = 1  # replicas, each with its own scheduler and KV pool, behind one router
+    layer_loop: str = "auto"  # "scan" | "unrolled" (per-layer weights; faster on CPU) | "auto"
     compile_all_buckets: bool = True
     compilation_cache_dir: str | None = DEFAULT_COMPILATION_CACHE
     progress: bool = True
@@ -108,7 +110,8 @@ def load_model(args: EngineArgs) -> tuple[Any, Any, EngineConfig]:
                                   max_num_batched_tokens=args.max_num_batched_tokens),
         dtype=dtype, seed=args.seed, attention_backend=args.attention_backend, quantization=args.quantization,
         quantization_group_size=args.quantization_group_size, quantize_embedding=args.quantize_embedding,
-        tensor_parallel_size=args.tensor_parallel_size, compile_all_buckets=args.compile_all_buckets,
+        tensor_parallel_size=args.tensor_parallel_size, layer_loop=args.layer_loop,
+        compile_all_buckets=args.compile_all_buckets,
         compilation_cache_dir=args.compilation_cache_dir)
     return loaded, tokenizer, config
 
@@ -117,7 +120,10 @@ def build_replica(config: EngineConfig, host_params: dict, tokenizer: Any, devic
     """One LLMEngine on `devices`: its slices of the weights placed there, then its KV pool sized and allocated."""
     from jaxserve.engine.llm_engine import LLMEngine
 
-    # Placed before the pool is sized, so an accelerator's free memory already accounts for the weights.
+    # Placed before the pool is sized, so an accelerator's free memory already accounts for the weights; split per
+    # layer on the host first when the layers run unrolled, so no device holds two copies.
+    if resolve_layer_loop(config.layer_loop, devices[0].platform) == "unrolled":
+        host_params = unstack_layers(host_params)
     params = shard_params(host_params, make_mesh(devices))
     num_blocks = size_kv_pool(config, args.gpu_memory_utilization, devices)
     return LLMEngine(config, params, tokenizer, num_blocks, progress=args.progress, devices=devices)

@@ -22,14 +22,14 @@ from tqdm.auto import tqdm
 from jaxserve.attention.dispatch import get_attention_fn
 from jaxserve.attention.metadata import AttentionMetadata
 from jaxserve.attention.xla import context_chunk_blocks
-from jaxserve.config import EngineConfig
+from jaxserve.config import EngineConfig, resolve_layer_loop
 from jaxserve.engine.buckets import pick_bucket, power_of_two_buckets
 from jaxserve.engine.page_copy import copy_pages
 from jaxserve.engine.sampler import VARIANTS, SamplingTensors, sample
 from jaxserve.engine.scheduler import ScheduledBatch
 from jaxserve.engine.step_inputs import StepInputs, build_step_inputs
 from jaxserve.kv_cache import KVCache, allocate_kv_cache
-from jaxserve.model.llama import compute_logits, forward
+from jaxserve.model.llama import compute_logits, forward, unstack_layers
 from jaxserve.parallel.mesh import device_groups, make_mesh, replicated
 from jaxserve.parallel.multihost import StepChannel, follower_loop
 from jaxserve.parallel.sharding import cache_sharding, shard_by_heads, shard_params
@@ -56,6 +56,8 @@ class ModelRunner:
             raise ValueError(f"tensor_parallel_size={tp} needs {tp} devices, got {len(devices)}")
         self.mesh = make_mesh(devices)
         self._replicated = replicated(self.mesh)
+        if resolve_layer_loop(config.layer_loop, devices[0].platform) == "unrolled":
+            params = unstack_layers(params)
         self.params = shard_params(params, self.mesh)
         self.num_blocks = num_blocks
         self.cache: KVCache = allocate_kv_cache(config.model, num_blocks, self.block_size, config.kv_dtype,

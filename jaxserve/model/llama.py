@@ -1,7 +1,8 @@
 """The Llama family (Llama 1/2/3, Mistral, Qwen2, SmolLM) as pure functions over a parameter pytree.
 
 The parameter layout is documented in docs/interfaces.md: per-layer weights stacked on a leading axis, run with
-`jax.lax.scan` so compile time does not grow with depth. The KV cache travels through the scan carry, so each
+`jax.lax.scan` so compile time does not grow with depth, or split into a list of per-layer dicts
+(`unstack_layers`), run as an unrolled loop (faster on CPU). The KV cache travels through the scan carry, so each
 layer's scatter updates the donated page arrays in place.
 """
 
@@ -66,9 +67,29 @@ def forward(
         return (x, cache), None
 
     x = embed_lookup(params["embed"], tokens)
-    layer_ids = jnp.arange(config.num_layers, dtype=jnp.int32)
-    (x, cache), _ = jax.lax.scan(layer, (x, cache), (params["layers"], layer_ids))
+    if isinstance(params["layers"], (list, tuple)):  # one weight array per layer: an unrolled loop
+        for index, lp in enumerate(params["layers"]):
+            (x, cache), _ = layer((x, cache), (lp, jnp.int32(index)))
+    else:
+        layer_ids = jnp.arange(config.num_layers, dtype=jnp.int32)
+        (x, cache), _ = jax.lax.scan(layer, (x, cache), (params["layers"], layer_ids))
     return rms_norm(x, params["final_norm"], config.rms_norm_eps), cache
+
+
+def unstack_layers(params: Params) -> Params:
+    """`params` with the stacked per-layer weights split into a list of per-layer dicts (each its own arrays).
+
+    `forward` runs such a list as an unrolled loop. On CPU this is the faster layout for decoding: inside a
+    `lax.scan`, XLA:CPU copies each layer's weight slices out of the stacked arrays before its matmuls (a 1-token
+    decode step of the default model: 46 ms scanned, 31 ms unrolled; 8 tokens 89 vs 71; 256 tokens equal), at the
+    price of compiling every layer separately (5-8x longer compiles, cached on disk). Host (numpy) params are split
+    into views, so nothing is copied before placement.
+    """
+    layers = params.get("layers")
+    if layers is None or isinstance(layers, (list, tuple)):  # nothing stacked (e.g. a test's random runner)
+        return params
+    num_layers = len(jax.tree_util.tree_leaves(layers)[0])
+    return {**params, "layers": [jax.tree_util.tree_map(lambda a, i=i: a[i], layers) for i in range(num_layers)]}
 
 
 def compute_logits(params: Params, hidden: jax.Array) -> jax.Array:

@@ -69,7 +69,14 @@ def param_specs(params: dict[str, Any], size: int) -> dict[str, Any]:
         return dataclasses.replace(leaf, **specs)
 
     def walk(tree: dict[str, Any]) -> dict[str, Any]:
-        return {name: walk(value) if isinstance(value, dict) else spec(name, value) for name, value in tree.items()}
+        def node(name: str, value: Any) -> Any:
+            if isinstance(value, dict):
+                return walk(value)
+            if isinstance(value, (list, tuple)):  # per-layer dicts (`model.llama.unstack_layers`)
+                return type(value)(walk(item) for item in value)
+            return spec(name, value)
+
+        return {name: node(name, value) for name, value in tree.items()}
 
     return walk(params)
 

@@ -57,11 +57,11 @@ def hf_greedy(model: torch.nn.Module, tokens: list[int], max_new_tokens: int) ->
 
 
 def paged_prompt_logits(loaded: Any, tokens: list[int], chunks: list[int] | None = None,
-                        block_size: int = 16, kv_dtype: str = "float32") -> np.ndarray:
+                        block_size: int = 16, kv_dtype: str = "float32", unrolled: bool = False) -> np.ndarray:
     """Logits [T, V] from `jaxserve.model.llama.forward` over a fresh paged KV cache of `kv_dtype`.
 
     `chunks` lists chunk lengths (default: the whole prompt at once); later chunks read earlier ones from pages
-    (int8 pages dequantized).
+    (int8 pages dequantized). `unrolled` runs per-layer weights in an unrolled loop instead of the scan.
     Pages are handed out in reverse order so a table/slot mix-up cannot pass by accident.
     """
     import jax
@@ -70,10 +70,10 @@ def paged_prompt_logits(loaded: Any, tokens: list[int], chunks: list[int] | None
     from jaxserve.attention.metadata import AttentionMetadata
     from jaxserve.attention.xla import context_chunk_blocks
     from jaxserve.kv_cache import allocate_kv_cache
-    from jaxserve.model.llama import compute_logits, forward
+    from jaxserve.model.llama import compute_logits, forward, unstack_layers
 
     cfg = loaded.config
-    params = jax.device_put(loaded.params)
+    params = jax.device_put(unstack_layers(loaded.params) if unrolled else loaded.params)
     num_pages = -(-len(tokens) // block_size)
     cache = allocate_kv_cache(cfg, num_pages + 3, block_size, kv_dtype)
     chunk = context_chunk_blocks(block_size)

@@ -64,6 +64,9 @@ def test_prompt_logits_match_transformers(case):
     # The same prompt in two chunks (not page-aligned): later chunks read the earlier tokens' K/V from the pages.
     chunked = paged_prompt_logits(loaded, prompt, chunks=[17, 23])
     np.testing.assert_allclose(chunked, ref, atol=ATOL, rtol=0)
+    # Per-layer weights in an unrolled loop (the CPU default of the engine) compute the same thing.
+    unrolled = paged_prompt_logits(loaded, prompt, chunks=[17, 23], unrolled=True)
+    np.testing.assert_allclose(unrolled, ref, atol=ATOL, rtol=0)
 
 
 def test_greedy_continuation_matches_transformers(case):

@@ -52,19 +52,25 @@ def test_quantized_greedy_tokens_match_one_device(tiny_gqa_checkpoint, variant: 
     assert greedy_tokens(llm) == single_device_tokens(str(tiny_gqa_checkpoint), variant)
 
 
-def test_parameters_and_pages_are_split_by_head(tiny_gqa_checkpoint) -> None:
-    llm = LLM(str(tiny_gqa_checkpoint), tensor_parallel_size=4, **ENGINE_KWARGS)
+@pytest.mark.parametrize("layer_loop", ["scan", "unrolled"])
+def test_parameters_and_pages_are_split_by_head(tiny_gqa_checkpoint, layer_loop: str) -> None:
+    llm = LLM(str(tiny_gqa_checkpoint), tensor_parallel_size=4, layer_loop=layer_loop, **ENGINE_KWARGS)
     runner = llm.engine.runner
-    layers = runner.params["layers"]
-    expected = {"wq": P(None, None, "tp"), "wk": P(None, None, "tp"), "wv": P(None, None, "tp"),
-                "wo": P(None, "tp"), "w_gate": P(None, None, "tp"), "w_up": P(None, None, "tp"),
-                "w_down": P(None, "tp"), "attn_norm": P(), "mlp_norm": P()}
-    for name, spec in expected.items():
-        assert layers[name].sharding.spec == spec, name
+    expected = {"wq": P(None, "tp"), "wk": P(None, "tp"), "wv": P(None, "tp"), "wo": P("tp"),
+                "w_gate": P(None, "tp"), "w_up": P(None, "tp"), "w_down": P("tp"), "attn_norm": P(),
+                "mlp_norm": P()}
+    if layer_loop == "scan":  # stacked: the same splits behind the leading layer axis
+        layers, lead = [runner.params["layers"]], (TINY_GQA.num_layers,)
+        expected = {name: P(None, *spec) if spec != P() else spec for name, spec in expected.items()}
+    else:
+        layers, lead = runner.params["layers"], ()
+        assert len(layers) == TINY_GQA.num_layers
+    for layer in layers:
+        for name, spec in expected.items():
+            assert layer[name].sharding.spec == spec, name
+        # Each device holds a quarter of each projection: one KV head (two query heads) of K/V/Q.
+        assert layer["wq"].addressable_shards[0].data.shape == (*lead, TINY_GQA.hidden_size, 2 * TINY_GQA.head_dim)
     assert runner.params["embed"].sharding.spec == P("tp")
-    # Each device holds a quarter of each projection: one KV head (two query heads) of K/V/Q.
-    wq_shard = layers["wq"].addressable_shards[0].data
-    assert wq_shard.shape == (TINY_GQA.num_layers, TINY_GQA.hidden_size, 2 * TINY_GQA.head_dim)
     llm.generate(prompts(2), GREEDY, use_tqdm=False)  # the layout survives the donated steps
     for name, pages in runner.cache.items():
         assert pages.sharding.spec == P(None, "tp"), name
