@@ -1,0 +1,68 @@
+"""Move KV pages from one engine's pool to another's (disaggregated prefill -> decode hand-off).
+
+Three device steps per hand-off, all asynchronous: a jitted gather of the source pages (every cache array, page
+axis 2) on the prefill group, `jax.device_put` of the gathered pages onto the decode group's cache sharding (a
+device-to-device copy, shard by shard: both pools are split by KV head), and a jitted scatter into the destination
+pages with the decode cache donated, so the pool is updated in place. Page lists are padded to power-of-two lengths
+(pairs (0, 0): the reserved page, which only ever holds padding writes) to bound the number of compilations.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from jaxserve.engine.buckets import pick_bucket, power_of_two_buckets
+from jaxserve.engine.page_copy import PAGE_AXIS
+from jaxserve.kv_cache import KVCache
+from jaxserve.parallel.sharding import cache_sharding
+
+_INDEX = (slice(None),) * PAGE_AXIS
+
+
+def gather_pages(cache: KVCache, pages: jax.Array) -> KVCache:
+    """The pages `pages` of every cache array: `[layers, kv_heads, len(pages), ...]`."""
+    return {name: array[_INDEX + (pages,)] for name, array in cache.items()}
+
+
+def scatter_pages(cache: KVCache, pages: jax.Array, values: KVCache) -> KVCache:
+    """Write `values` (as from `gather_pages`) into the pages `pages` of `cache` (jit with the cache donated)."""
+    return {name: array.at[_INDEX + (pages,)].set(values[name]) for name, array in cache.items()}
+
+
+class KVTransfer:
+    """Copies pages from a source runner's cache to a destination runner's cache (the runners' meshes may differ
+    in devices; with equal tensor-parallel sizes each device sends only its KV heads)."""
+
+    def __init__(self, src_runner, dst_runner) -> None:  # ModelRunner each; untyped to avoid an import cycle
+        self.src = src_runner
+        self.dst = dst_runner
+        src_sharding, self.dst_sharding = cache_sharding(src_runner.mesh), cache_sharding(dst_runner.mesh)
+        self._gather = jax.jit(gather_pages, out_shardings=src_sharding)
+        self._scatter = jax.jit(scatter_pages, donate_argnames=("cache",), out_shardings=self.dst_sharding)
+        self._src_index = jax.sharding.NamedSharding(src_runner.mesh, jax.sharding.PartitionSpec())
+        self._dst_index = jax.sharding.NamedSharding(dst_runner.mesh, jax.sharding.PartitionSpec())
+        largest = max(src_runner.num_blocks, dst_runner.num_blocks)
+        self.buckets = power_of_two_buckets(8, largest)
+        self.num_pages_moved = 0
+        self.num_transfers = 0
+
+    def copy(self, src_pages: list[int], dst_pages: list[int]) -> None:
+        """Copy page `src_pages[i]` of the source pool onto page `dst_pages[i]` of the destination pool.
+
+        Dispatches asynchronously; the source step that wrote the pages and the destination step that reads them
+        are ordered by JAX's data dependencies (the caches are the same arrays the runners donate next).
+        """
+        if len(src_pages) != len(dst_pages):
+            raise ValueError(f"{len(src_pages)} source pages for {len(dst_pages)} destination pages")
+        if not src_pages:
+            return
+        size = pick_bucket(self.buckets, len(src_pages))
+        src = np.zeros(size, np.int32)
+        dst = np.zeros(size, np.int32)
+        src[:len(src_pages)], dst[:len(dst_pages)] = src_pages, dst_pages
+        values = self._gather(self.src.cache, jax.device_put(src, self._src_index))
+        values = jax.device_put(values, self.dst_sharding)  # prefill group -> decode group
+        self.dst.cache = self._scatter(self.dst.cache, jax.device_put(dst, self._dst_index), values)
+        self.num_pages_moved += len(src_pages)
+        self.num_transfers += 1
