@@ -44,7 +44,8 @@ class DisaggregatedEngine:
     def __init__(self, prefill: LLMEngine, decode: LLMEngine) -> None:
         shared = set(prefill.runner.mesh.devices.flat) & set(decode.runner.mesh.devices.flat)
         if shared:
-            raise ValueError(f"the prefill and decode engines must use disjoint devices; both use {sorted(map(str, shared))}")
+            raise ValueError(f"the prefill and decode engines must use disjoint devices; both use "
+                             f"{sorted(map(str, shared))}")
         self.prefill = prefill
         self.decode = decode
         self.config = prefill.config
