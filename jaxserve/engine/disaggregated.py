@@ -6,8 +6,11 @@ sequence that is then ready to decode (every token but the last computed) leaves
 are copied to fresh pages of the decode pool (`kv_transfer`), its prefill pages are freed, and it joins the decode
 scheduler's running set together with its request's state (detokenizer, stop checks, metrics), so streaming and
 finish reasons continue unchanged. The decode engine only ever runs decode steps; the prefill engine only prefills.
-A step runs one step of each engine at once, each from its own thread (JAX releases the GIL while a device
-computes, so on separate devices they overlap): a long prefill no longer stalls the running decodes.
+The prefill steps run in a background thread (JAX releases the GIL while a device computes, so on separate devices
+the two overlap): `step()` runs one decode step and collects the prefill step whenever it is done, so a long
+prefill no longer stalls the running decodes. While a prefill step runs, only its thread touches the prefill
+engine; adds, aborts and hand-offs on that side wait for it (adds are validated at once, so a bad request is
+still a ValueError from `add_request`).
 
 Back-pressure and preemption: a ready sequence waits on the prefill side, keeping its pages, while the decode pool
 (or its max_num_seqs) has no room; hand-offs are first come, first served. A sequence the decode scheduler preempts
@@ -22,10 +25,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from jaxserve.engine.kv_transfer import KVTransfer
+from jaxserve.engine import data_parallel
+from jaxserve.engine.kv_transfer import KVTransfer, move_pages
 from jaxserve.engine.llm_engine import LLMEngine, Prompt
 from jaxserve.engine.request_state import RequestState
 from jaxserve.engine.sequence import Sequence, SequenceStatus
@@ -34,29 +38,35 @@ from jaxserve.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
-_SUMMED = ("num_running", "num_waiting", "num_free_blocks", "num_preemptions", "prefix_cache_queries",
-           "prefix_cache_hits", "num_cached_blocks", "num_compiles_after_warmup", "num_steps")
+_SUMMED = data_parallel._SUMMED  # the stats that add up over engines
 
 
 class DisaggregatedEngine:
-    """A prefill LLMEngine and a decode LLMEngine on disjoint devices, driven like one engine."""
+    """A prefill LLMEngine and a decode LLMEngine on disjoint devices, driven like one engine.
 
-    def __init__(self, prefill: LLMEngine, decode: LLMEngine) -> None:
+    `overlap=True` (the default) lets decode steps go on while a prefill step is still computing: `step()` returns
+    after one decode step and collects the prefill step when it is done. `overlap=False` runs the two in lockstep
+    (each `step()` waits for both). Outputs are the same either way.
+    """
+
+    def __init__(self, prefill: LLMEngine, decode: LLMEngine, overlap: bool = True) -> None:
         shared = set(prefill.runner.mesh.devices.flat) & set(decode.runner.mesh.devices.flat)
         if shared:
             raise ValueError(f"the prefill and decode engines must use disjoint devices; both use "
                              f"{sorted(map(str, shared))}")
-        self.prefill = prefill
-        self.decode = decode
-        self.config = prefill.config
-        self.tokenizer = prefill.tokenizer
+        self.prefill, self.decode, self.overlap = prefill, decode, overlap
+        self.config, self.tokenizer = prefill.config, prefill.tokenizer
         self.transfer = KVTransfer(prefill.runner, decode.runner)
         self._states: dict[str, RequestState] = {}  # every unfinished request, wherever its samples are
         self._parked: list[list[Sequence]] = []  # ready groups waiting for room on the decode side (FIFO)
-        self._pool = ThreadPoolExecutor(2, thread_name_prefix="jaxserve-disagg")
-        self.num_handoffs = 0  # groups of sequences moved to the decode side
-        self.num_returned = 0  # sequences the decode side preempted and sent back to be recomputed
-        self.handoff_time = 0.0  # host time spent dispatching hand-offs
+        self._returning: list[Sequence] = []  # decode-side preemptions, to rejoin the prefill queue (in order)
+        # The prefill step running in a background thread. While it runs, only that thread touches the prefill
+        # engine (scheduler, block manager, requests): changes to that side wait in `_pending` until it is done.
+        self._inflight: Future[list[RequestOutput]] | None = None
+        self._pending: list[tuple[str, Any]] = []
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="jaxserve-prefill")
+        # Groups of sequences moved to the decode side; sequences it preempted and sent back; hand-off host time.
+        self.num_handoffs, self.num_returned, self.handoff_time = 0, 0, 0.0
 
     @property
     def runner(self) -> Any:
@@ -67,39 +77,62 @@ class DisaggregatedEngine:
 
     def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None,
                     arrival_time: float | None = None, cache_salt: str | None = None) -> None:
-        """Validate and queue a request on the prefill engine (ValueError as `LLMEngine.add_request`, and when it
-        could not fit the decode pool)."""
-        if request_id in self._states:
+        """Queue a request for prefill (ValueError as `LLMEngine.add_request`, or if the decode pool is too small)."""
+        if request_id in self._states or any(op == "add" and args[0] == request_id for op, args in self._pending):
             raise ValueError(f"request id {request_id!r} is already in use")
-        self.prefill.add_request(request_id, prompt, params, arrival_time, cache_salt)
-        state = self.prefill.requests[request_id]
-        prompt_len, p = len(state.prompt_token_ids), state.params
+        params = params or SamplingParams()
+        self._validate(prompt, params, cache_salt)
+        arrival = time.monotonic() if arrival_time is None else arrival_time
+        self._pending.append(("add", (request_id, prompt, params, arrival, cache_salt)))
+        if self._inflight is None:
+            self._sync_prefill()
+
+    def _validate(self, prompt: Prompt, params: SamplingParams, cache_salt: str | None) -> None:
+        """LLMEngine.add_request's checks, read-only (safe while a prefill step runs), plus the decode pool's."""
+        if cache_salt is not None and not isinstance(cache_salt, str):
+            raise ValueError(f"cache_salt must be a string, got {type(cache_salt).__name__}")
+        if params.n > self.config.scheduler.max_num_seqs:
+            raise ValueError(f"n={params.n} samples exceed max_num_seqs={self.config.scheduler.max_num_seqs}: the "
+                             f"samples of a request run together")
+        _, ids = self.prefill._prompt_ids(prompt)
+        self.prefill._check_length(len(ids), params)
         max_len, block_size = self.config.scheduler.max_model_len, self.config.cache.block_size
-        needed = -(-(prompt_len + (p.max_tokens or max_len - prompt_len)) // block_size)
+        needed = -(-(len(ids) + (params.max_tokens or max_len - len(ids))) // block_size)
         usable = self.decode.block_manager.num_usable_blocks
         if needed > usable:
-            self.prefill.abort_request(request_id)
             raise ValueError(f"the request needs up to {needed} KV pages but the decode pool holds {usable}: raise "
                              f"kv_cache_memory or lower max_tokens")
-        self._states[request_id] = state
 
     def abort_request(self, request_id: str) -> None:
-        """Stop a request now and free its pages on both sides; unknown ids are ignored."""
+        """Stop a request now (no more outputs) and free its pages on both sides; unknown ids are ignored."""
+        before = len(self._pending)
+        self._pending = [(op, args) for op, args in self._pending if not (op == "add" and args[0] == request_id)]
         state = self._states.pop(request_id, None)
-        if state is None:
+        if state is None or len(self._pending) < before:
             return
-        self.prefill.requests.pop(request_id, None)
         self.decode.requests.pop(request_id, None)
-        self._parked = [group for group in self._parked if group[0].request_id != request_id]
+        for seq in state.seqs:
+            if not seq.is_finished and self._on_decode(seq):
+                self.decode.scheduler.finish(seq)
+                seq.finish_reason = "abort"
+        for seq in [s for s in self._returning if s.request_id == request_id]:
+            self._returning.remove(seq)  # preempted: they hold no pages
+            seq.status, seq.finish_reason = SequenceStatus.FINISHED, "abort"
+        self._pending.append(("abort", state))  # the prefill side's part (its parked groups included)
+        if self._inflight is None:
+            self._sync_prefill()
+
+    def _abort_prefill_side(self, state: RequestState) -> None:
+        self.prefill.requests.pop(state.request_id, None)
+        self._parked = [group for group in self._parked if group[0].request_id != state.request_id]
         for seq in state.seqs:
             if not seq.is_finished:
-                engine = self.decode if self._on_decode(seq) else self.prefill
-                engine.scheduler.finish(seq)  # parked sequences are in no queue: this frees their prefill pages
+                self.prefill.scheduler.finish(seq)  # parked sequences are in no queue: this frees their pages
                 seq.finish_reason = "abort"
 
     def has_unfinished_requests(self) -> bool:
         """True while any request waits, prefills, waits for a hand-off or decodes."""
-        return bool(self._states)
+        return bool(self._states) or any(op == "add" for op, _ in self._pending)
 
     def get_tokenizer(self) -> Any:
         """The tokenizer."""
@@ -108,25 +141,52 @@ class DisaggregatedEngine:
     # -- the step ------------------------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """One prefill step and one decode step, concurrently; then the hand-offs. Outputs of both engines."""
-        busy = [engine for engine in (self.prefill, self.decode) if engine.scheduler.has_unfinished()]
-        if len(busy) == 2:
-            results = list(self._pool.map(LLMEngine.step, busy))
-        else:
-            results = [engine.step() for engine in busy]
-        outputs = self._merge(results)
-        self._take_back_preempted()
-        self._hand_off()
-        return outputs
+        """A decode step, with a prefill step running beside it on the other devices (started now if none runs);
+        the prefill step's outputs and hand-offs once it is done. Outputs of both engines."""
+        if self._inflight is None:
+            self._sync_prefill()
+            self._hand_off()  # parked groups may fit now
+            if self.prefill.scheduler.has_unfinished():
+                self._inflight = self._pool.submit(self.prefill.step)
+        results = []
+        if self.decode.scheduler.has_unfinished():
+            results.append(self.decode.step())
+            self._take_back_preempted()
+        decoding = self.decode.scheduler.has_unfinished()
+        if self._inflight is not None and (self._inflight.done() or not self.overlap or not decoding):
+            future, self._inflight = self._inflight, None
+            results.append(future.result())
+            self._sync_prefill()
+            self._hand_off()
+        return self._merge(results)
+
+    def _sync_prefill(self) -> None:
+        """With no prefill step running: apply the deferred adds and aborts, and requeue decode preemptions."""
+        assert self._inflight is None
+        pending, self._pending = self._pending, []
+        for op, args in pending:
+            if op == "add":
+                self.prefill.add_request(*args)
+                self._states[args[0]] = self.prefill.requests[args[0]]
+            elif op == "abort":
+                self._abort_prefill_side(args)
+            else:
+                self.prefill.reset_prefix_cache()
+        while self._returning:
+            seq = self._returning.pop()  # from the back: appendleft then keeps their order at the queue's front
+            self.prefill.scheduler.waiting.appendleft(seq)
+            self.prefill.requests[seq.request_id] = self._states[seq.request_id]
 
     def _merge(self, results: list[list[RequestOutput]]) -> list[RequestOutput]:
-        """One output per request. A request with samples on both sides (only after a decode-side preemption of
-        one of several samples) may come from both engines: its output is then re-taken after both steps."""
+        """One output per live request. A request with samples on both sides (only after a decode-side preemption
+        of one of several samples) may come from both engines: its output is then re-taken after both steps."""
         by_id: dict[str, RequestOutput] = {}
         for outs in results:
             for out in outs:
+                state = self._states.get(out.request_id)
+                if state is None:
+                    continue  # aborted while its prefill step ran
                 if out.request_id in by_id:
-                    state = self._states[out.request_id]
                     out = state.to_output()
                     if out.finished:
                         state.metrics.finished_time = time.monotonic()
@@ -135,7 +195,7 @@ class DisaggregatedEngine:
         for out in by_id.values():
             if out.finished:
                 self._states.pop(out.request_id, None)
-                self.prefill.requests.pop(out.request_id, None)
+                self.prefill.requests.pop(out.request_id, None)  # a split request's entry on the other side
                 self.decode.requests.pop(out.request_id, None)
         return list(by_id.values())
 
@@ -146,13 +206,13 @@ class DisaggregatedEngine:
         return seq in running or any(seq in parent.forks for parent in running)
 
     def _take_back_preempted(self) -> None:
-        """Send sequences the decode scheduler preempted to the front of the prefill queue (to be recomputed)."""
+        """Take the sequences the decode scheduler preempted out of its queue (it must not prefill them): they are
+        recomputed on the prefill side, ahead of new requests."""
         waiting = self.decode.scheduler.waiting
         while waiting:
-            seq = waiting.pop()  # the back first: appendleft keeps their order at the front of the prefill queue
-            self.prefill.scheduler.waiting.appendleft(seq)
+            seq = waiting.popleft()
+            self._returning.append(seq)
             state = self._states[seq.request_id]
-            self.prefill.requests[seq.request_id] = state
             if not any(self._on_decode(s) for s in state.seqs if not s.is_finished):
                 self.decode.requests.pop(seq.request_id, None)
             self.num_returned += 1
@@ -186,33 +246,24 @@ class DisaggregatedEngine:
 
     def _move(self, group: list[Sequence]) -> None:
         """Copy the group's pages to the decode pool, free them on the prefill side, and start it decoding."""
-        leader = group[0]
-        dst_bm = self.decode.block_manager
-        src = list(leader.block_table)
-        dst = dst_bm.take_free_pages(len(src))
-        self.transfer.copy(src, dst)  # dispatched before the prefill pages can be reused by the next step
-        for seq in group:
-            self.prefill.block_manager.free(seq)
-        leader.block_table = dst
-        for child in group[1:]:
-            hashes = child.page_hashes  # its own tokens' page names (fork would copy the leader's)
-            dst_bm.fork(leader, child)
-            child.page_hashes = hashes
+        move_pages(group, self.prefill.block_manager, self.decode.block_manager, self.transfer)
         for seq in group:
             seq.status = SequenceStatus.RUNNING
             self.decode.scheduler.running.append(seq)
-        state = self._states[leader.request_id]
-        self.decode.requests[leader.request_id] = state
+        rid = group[0].request_id
+        state = self.decode.requests[rid] = self._states[rid]
         if all(self._on_decode(s) for s in state.seqs if not s.is_finished) and not any(
-                s.request_id == leader.request_id for g in self._parked for s in g):
-            self.prefill.requests.pop(leader.request_id, None)
+                g[0].request_id == rid for g in self._parked):
+            self.prefill.requests.pop(rid, None)
         self.num_handoffs += 1
 
     # -- introspection -------------------------------------------------------------------------------------------
 
     def reset_prefix_cache(self) -> None:
-        """Forget every cached prefix page (on both sides)."""
-        self.prefill.reset_prefix_cache()
+        """Forget every cached prefix page (on both sides; the prefill side's once its running step is done)."""
+        self._pending.append(("reset", None))
+        if self._inflight is None:
+            self._sync_prefill()
         self.decode.reset_prefix_cache()
 
     def stats(self) -> dict[str, Any]:
@@ -221,6 +272,7 @@ class DisaggregatedEngine:
         p, d = self.prefill.stats(), self.decode.stats()
         stats: dict[str, Any] = {key: p[key] + d[key] for key in _SUMMED}
         stats["num_running"] += sum(len(group) for group in self._parked)
+        stats["num_waiting"] += len(self._returning) + sum(op == "add" for op, _ in self._pending)
         stats["kv_cache_usage"] = (p["kv_cache_usage"] + d["kv_cache_usage"]) / 2
         for key in ("step_time_s", "step_tokens", "step_count"):
             stats[key] = {kind: p[key][kind] + d[key][kind] for kind in p[key]}

@@ -12,8 +12,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from jaxserve.engine.block_manager import BlockManager
 from jaxserve.engine.buckets import pick_bucket, power_of_two_buckets
 from jaxserve.engine.page_copy import PAGE_AXIS
+from jaxserve.engine.sequence import Sequence
 from jaxserve.kv_cache import KVCache
 from jaxserve.parallel.sharding import cache_sharding
 
@@ -66,3 +68,19 @@ class KVTransfer:
         self.dst.cache = self._scatter(self.dst.cache, jax.device_put(dst, self._dst_index), values)
         self.num_pages_moved += len(src_pages)
         self.num_transfers += 1
+
+
+def move_pages(group: list[Sequence], src: BlockManager, dst: BlockManager, transfer: KVTransfer) -> None:
+    """Move the pages of `group` (samples of one request holding the same pages) from pool `src` to pool `dst`:
+    fresh pages in `dst`, their K/V copied over, the `src` pages freed, and the samples sharing the new pages."""
+    leader = group[0]
+    src_pages = list(leader.block_table)
+    dst_pages = dst.take_free_pages(len(src_pages))
+    transfer.copy(src_pages, dst_pages)  # dispatched before the source pages can be handed out again
+    for seq in group:
+        src.free(seq)
+    leader.block_table = dst_pages
+    for child in group[1:]:
+        hashes = child.page_hashes  # its own tokens' page names (fork would copy the leader's)
+        dst.fork(leader, child)
+        child.page_hashes = hashes

@@ -146,9 +146,11 @@ def test_aborts_and_bad_requests_leak_no_pages(tiny_gqa_checkpoint) -> None:
         LLM(str(tiny_gqa_checkpoint), disaggregated=True, data_parallel_size=2, **ENGINE_KWARGS)
 
 
-def test_a_full_decode_pool_makes_requests_wait(tiny_gqa_checkpoint) -> None:
+@pytest.mark.parametrize("overlap", [True, False])
+def test_a_full_decode_pool_makes_requests_wait(overlap: bool) -> None:
     """A decode pool of 15 pages for six requests of up to 4 pages: hand-offs wait for room, and decode-side
-    preemptions are recomputed on the prefill side; the tokens stay those of the interleaved engine."""
+    preemptions are recomputed on the prefill side; the tokens stay those of the interleaved engine, in lockstep
+    and with decode steps overlapping the prefill steps."""
     params = init_params(TINY_GQA, jax.random.PRNGKey(0), scale=0.15)
     config = EngineConfig(model=TINY_GQA, cache=CacheConfig(num_kv_blocks=64), dtype="float32",
                           scheduler=SchedulerConfig(max_model_len=128, max_num_seqs=8, max_num_batched_tokens=32),
@@ -157,7 +159,8 @@ def test_a_full_decode_pool_makes_requests_wait(tiny_gqa_checkpoint) -> None:
     devices = jax.devices()
     ref = LLMEngine(config, params, None, 64, progress=False, devices=devices[:1])
     engine = DisaggregatedEngine(LLMEngine(config, params, None, 64, progress=False, devices=devices[:1]),
-                                 LLMEngine(decode_config, params, None, 15, progress=False, devices=devices[1:2]))
+                                 LLMEngine(decode_config, params, None, 15, progress=False, devices=devices[1:2]),
+                                 overlap=overlap)
     greedy = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
     for i, prompt in enumerate(prompts(6)):
         ref.add_request(str(i), prompt, greedy)
@@ -170,10 +173,12 @@ def test_a_full_decode_pool_makes_requests_wait(tiny_gqa_checkpoint) -> None:
         assert engine.decode.block_manager.num_free_blocks >= 0
     want = {out.request_id: out.outputs[0].token_ids for out in run_to_completion(ref)}
     assert {rid: out.outputs[0].token_ids for rid, out in done.items()} == want
-    assert max_parked > 0, "no request waited for the decode pool"
-    assert engine.stats()["num_returned"] > 0, "no decode-side preemption was sent back to be recomputed"
     assert engine.stats()["decode"]["step_count"]["prefill"] == 0
     assert_pools_whole(engine)
+    if overlap:
+        return  # when hand-offs meet a full pool depends on timing then; lockstep is deterministic
+    assert max_parked > 0, "no request waited for the decode pool"
+    assert engine.stats()["num_returned"] > 0, "no decode-side preemption was sent back to be recomputed"
     # A request waiting for the decode pool can be aborted too.
     for i, prompt in enumerate(prompts(6)):
         engine.add_request(f"a{i}", prompt, greedy)
