@@ -131,8 +131,9 @@ class DisaggregatedEngine:
                 seq.finish_reason = "abort"
 
     def has_unfinished_requests(self) -> bool:
-        """True while any request waits, prefills, waits for a hand-off or decodes."""
-        return bool(self._states) or any(op == "add" for op, _ in self._pending)
+        """True while any request waits, prefills, waits for a hand-off or decodes, and until a prefill step still
+        running is collected (so the caller's next `step()` applies aborts made meanwhile and frees their pages)."""
+        return bool(self._states or self._pending or self._inflight is not None)
 
     def get_tokenizer(self) -> Any:
         """The tokenizer."""

@@ -216,3 +216,29 @@ def test_server_with_disaggregated_prefill_and_decode() -> None:
         assert "disaggregated serving: prefill on cpu:0; decode on cpu:1" in server.log_tail(20000)
     finally:
         server.stop()
+
+
+def test_changes_while_a_prefill_step_runs_wait_for_it(tiny_gqa_checkpoint) -> None:
+    """Adds and aborts made while the background prefill step runs are applied once it is done; nothing leaks."""
+    import threading
+
+    engine = LLM(str(tiny_gqa_checkpoint), disaggregated=True, **ENGINE_KWARGS).engine
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    engine.add_request("d", prompts(1)[0], params)
+    engine.step()  # "d" prefilled and handed off: it decodes from now on
+    release, prefill_step = threading.Event(), engine.prefill.step
+    engine.prefill.step = lambda: release.wait(60) and prefill_step()  # hold the next prefill step
+    engine.add_request("p", prompts(3)[2], params)
+    outputs = engine.step()  # starts the prefill of "p", decodes "d", returns while "p" is held
+    assert engine._inflight is not None and [out.request_id for out in outputs] == ["d"]
+    engine.add_request("late", prompts(2)[1], params)  # deferred
+    with pytest.raises(ValueError, match="already in use"):
+        engine.add_request("late", prompts(1)[0], params)
+    with pytest.raises(ValueError, match="prompt token ids must be integers"):
+        engine.add_request("bad", {"prompt_token_ids": [-1]}, params)  # still checked at once
+    assert "late" not in engine.prefill.requests
+    engine.abort_request("p")  # its prefill step is running: its pages are freed once it is done
+    release.set()
+    done = {out.request_id: out for out in run_to_completion(engine)}
+    assert set(done) == {"d", "late"} and all(len(o.outputs[0].token_ids) == 12 for o in done.values())
+    assert_pools_whole(engine)
