@@ -2,22 +2,21 @@
 
 Two LLMEngines, each with its own scheduler, block manager and KV pool, on disjoint devices. Requests arrive at the
 prefill engine, which computes their prompts (chunked, with prefix caching) and samples their first token. A
-sequence that is then ready to decode (every token but the last computed) leaves the prefill scheduler: its pages
-are copied to fresh pages of the decode pool (`kv_transfer`), its prefill pages are freed, and it joins the decode
-scheduler's running set together with its request's state (detokenizer, stop checks, metrics), so streaming and
-finish reasons continue unchanged. The decode engine only ever runs decode steps; the prefill engine only prefills.
-The prefill steps run in a background thread (JAX releases the GIL while a device computes, so on separate devices
-the two overlap): `step()` runs one decode step and collects the prefill step whenever it is done, so a long
-prefill no longer stalls the running decodes. While a prefill step runs, only its thread touches the prefill
-engine; adds, aborts and hand-offs on that side wait for it (adds are validated at once, so a bad request is
-still a ValueError from `add_request`).
+sequence then ready to decode (every token but the last computed) leaves the prefill scheduler: its pages are
+copied to fresh pages of the decode pool (`kv_transfer`), its prefill pages are freed, and it joins the decode
+scheduler's running set with its request's state (detokenizer, stop checks, metrics), so streaming and finish
+reasons carry on unchanged. The decode engine only ever runs decode steps; the prefill engine only prefills.
 
-Back-pressure and preemption: a ready sequence waits on the prefill side, keeping its pages, while the decode pool
-(or its max_num_seqs) has no room; hand-offs are first come, first served. A sequence the decode scheduler preempts
-(its pool ran out while growing) is sent back to the front of the prefill queue and recomputed there, as the
-interleaved engine would recompute it. Prefix caching works on the prefill side; the decode pool runs without it
-(its pages are private copies that no later prompt looks up). `n > 1` samples share their prompt's pages on both
-sides (the decode side forks them from one copied set of pages).
+Prefill steps run in a background thread (JAX releases the GIL while a device computes, so on separate devices the
+two overlap): `step()` runs one decode step and collects the prefill step whenever it is done, so a long prefill no
+longer stalls the running decodes. While a prefill step runs only its thread touches the prefill engine; adds,
+aborts and hand-offs on that side wait for it (adds are validated at once: a bad request still raises).
+
+A ready sequence waits on the prefill side, keeping its pages, while the decode pool (or max_num_seqs) has no room;
+hand-offs are first come, first served. A sequence the decode scheduler preempts goes back to the front of the
+prefill queue and is recomputed there, as the interleaved engine would recompute it. The decode pool runs without
+prefix caching (its pages are private copies no prompt looks up). `n > 1` samples share their prompt's pages on
+both sides (the decode side forks them from one copied set).
 """
 
 from __future__ import annotations
@@ -52,14 +51,13 @@ class DisaggregatedEngine:
     def __init__(self, prefill: LLMEngine, decode: LLMEngine, overlap: bool = True) -> None:
         shared = set(prefill.runner.mesh.devices.flat) & set(decode.runner.mesh.devices.flat)
         if shared:
-            raise ValueError(f"the prefill and decode engines must use disjoint devices; both use "
-                             f"{sorted(map(str, shared))}")
+            raise ValueError(f"prefill and decode need disjoint devices; both use {sorted(map(str, shared))}")
         self.prefill, self.decode, self.overlap = prefill, decode, overlap
         self.config, self.tokenizer = prefill.config, prefill.tokenizer
         self.transfer = KVTransfer(prefill.runner, decode.runner)
         self._states: dict[str, RequestState] = {}  # every unfinished request, wherever its samples are
         self._parked: list[list[Sequence]] = []  # ready groups waiting for room on the decode side (FIFO)
-        self._returning: list[Sequence] = []  # decode-side preemptions, to rejoin the prefill queue (in order)
+        self._returning: list[Sequence] = []  # decode-side preemptions, to rejoin the prefill queue
         # The prefill step running in a background thread. While it runs, only that thread touches the prefill
         # engine (scheduler, block manager, requests): changes to that side wait in `_pending` until it is done.
         self._inflight: Future[list[RequestOutput]] | None = None
@@ -105,18 +103,17 @@ class DisaggregatedEngine:
 
     def abort_request(self, request_id: str) -> None:
         """Stop a request now (no more outputs) and free its pages on both sides; unknown ids are ignored."""
-        before = len(self._pending)
         self._pending = [(op, args) for op, args in self._pending if not (op == "add" and args[0] == request_id)]
         state = self._states.pop(request_id, None)
-        if state is None or len(self._pending) < before:
+        if state is None:  # unknown, finished, or not yet added (its deferred add was just dropped)
             return
         self.decode.requests.pop(request_id, None)
         for seq in state.seqs:
             if not seq.is_finished and self._on_decode(seq):
                 self.decode.scheduler.finish(seq)
                 seq.finish_reason = "abort"
-        for seq in [s for s in self._returning if s.request_id == request_id]:
-            self._returning.remove(seq)  # preempted: they hold no pages
+        for seq in [s for s in self._returning if s.request_id == request_id]:  # preempted: they hold no pages
+            self._returning.remove(seq)
             seq.status, seq.finish_reason = SequenceStatus.FINISHED, "abort"
         self._pending.append(("abort", state))  # the prefill side's part (its parked groups included)
         if self._inflight is None:
@@ -195,9 +192,8 @@ class DisaggregatedEngine:
                 by_id[out.request_id] = out
         for out in by_id.values():
             if out.finished:
-                self._states.pop(out.request_id, None)
-                self.prefill.requests.pop(out.request_id, None)  # a split request's entry on the other side
-                self.decode.requests.pop(out.request_id, None)
+                for table in (self._states, self.prefill.requests, self.decode.requests):  # a split one: both
+                    table.pop(out.request_id, None)
         return list(by_id.values())
 
     def _on_decode(self, seq: Sequence) -> bool:
@@ -238,11 +234,9 @@ class DisaggregatedEngine:
     def _fits(self, group: list[Sequence]) -> bool:
         """Room on the decode side for `group`: its pages (plus one page per sample of headroom for the next
         token while other sequences run there, so a hand-off does not force a preemption at once) and its slots."""
-        sched = self.decode.scheduler
-        slots = sum(1 + len(seq.forks) for seq in group)
+        sched, slots = self.decode.scheduler, sum(1 + len(seq.forks) for seq in group)
         in_use = len(sched.running) + sum(len(seq.forks) for seq in sched.running)
-        headroom = slots if sched.running else 0
-        pages = len(group[0].block_table) + headroom
+        pages = len(group[0].block_table) + (slots if sched.running else 0)
         return pages <= self.decode.block_manager.num_free_blocks and in_use + slots <= sched.config.max_num_seqs
 
     def _move(self, group: list[Sequence]) -> None:
@@ -250,7 +244,7 @@ class DisaggregatedEngine:
         move_pages(group, self.prefill.block_manager, self.decode.block_manager, self.transfer)
         for seq in group:
             seq.status = SequenceStatus.RUNNING
-            self.decode.scheduler.running.append(seq)
+        self.decode.scheduler.running.extend(group)
         rid = group[0].request_id
         state = self.decode.requests[rid] = self._states[rid]
         if all(self._on_decode(s) for s in state.seqs if not s.is_finished) and not any(
@@ -268,8 +262,7 @@ class DisaggregatedEngine:
         self.decode.reset_prefix_cache()
 
     def stats(self) -> dict[str, Any]:
-        """Counters summed over both engines (parked hand-offs count as running), KV usage averaged, and each
-        engine's own stats under "prefill" and "decode"."""
+        """Counters summed over both engines, KV usage averaged, each engine's own under "prefill" and "decode"."""
         p, d = self.prefill.stats(), self.decode.stats()
         stats: dict[str, Any] = {key: p[key] + d[key] for key in _SUMMED}
         stats["num_running"] += sum(len(group) for group in self._parked)
