@@ -124,7 +124,8 @@ def main() -> None:
 
     from jaxserve.engine.engine_args import EngineArgs, build_engine
 
-    results = {"header": {**run_header(), "devices": f"{len(jax.devices())} x {jax.devices()[0].platform}"},
+    results = {"header": {**run_header(), "devices": f"{len(jax.devices())} x {jax.devices()[0].platform}",
+                          "load_average_1m_at_start": os.getloadavg()[0]},
                "args": vars(args), "modes": {}}
     engines, work = {}, None
     for mode in MODES:
@@ -153,6 +154,8 @@ def main() -> None:
             results["modes"][mode]["handoffs"] = {k: stats[k] for k in ("num_handoffs", "pages_moved",
                                                                          "handoff_time_s", "num_returned")}
             engine.shutdown()
+    # This host may be shared with other work: its load while the runs ran is part of the result.
+    results["header"]["load_average_1m_at_end"] = os.getloadavg()[0]
     report(results, Path(args.out))
 
 
