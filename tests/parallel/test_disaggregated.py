@@ -19,7 +19,8 @@ from jaxserve.model.llama import init_params
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
 SEEDED_N2 = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=10, ignore_eos=True, seed=7, n=2)
-LOGPROBS = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, logprobs=2)
+LOGPROBS = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, logprobs=2, prompt_logprobs=1)
+UNSEEDED = SamplingParams(temperature=1.0, max_tokens=6, ignore_eos=True)  # seeds drawn from the engine's seed
 
 
 def run(llm: LLM, params: SamplingParams) -> list:
@@ -41,7 +42,8 @@ def assert_pools_whole(engine: DisaggregatedEngine) -> None:
 @pytest.fixture(scope="module")
 def reference(tiny_gqa_checkpoint) -> dict[str, list]:
     llm = LLM(str(tiny_gqa_checkpoint), **ENGINE_KWARGS)
-    return {"greedy": run(llm, GREEDY), "seeded": run(llm, SEEDED_N2), "logprobs": run(llm, LOGPROBS)}
+    return {"greedy": run(llm, GREEDY), "seeded": run(llm, SEEDED_N2), "logprobs": run(llm, LOGPROBS),
+            "unseeded": run(llm, UNSEEDED)}
 
 
 @pytest.mark.parametrize("tp", [1, 2])
@@ -59,10 +61,15 @@ def test_same_outputs_as_the_interleaved_engine(tiny_gqa_checkpoint, reference, 
         assert got.outputs[0].token_ids == want.outputs[0].token_ids
         np.testing.assert_allclose(got.outputs[0].cumulative_logprob, want.outputs[0].cumulative_logprob, atol=1e-4)
         assert [sorted(e) for e in got.outputs[0].logprobs] == [sorted(e) for e in want.outputs[0].logprobs]
+        assert len(got.prompt_logprobs) == len(want.prompt_logprobs) == len(got.prompt_token_ids)
+        for g, w in zip(got.prompt_logprobs[1:], want.prompt_logprobs[1:]):
+            assert sorted(g) == sorted(w) and np.allclose([g[k] for k in sorted(g)], [w[k] for k in sorted(w)],
+                                                          atol=1e-4)
+    assert samples(run(llm, UNSEEDED)) == samples(reference["unseeded"])  # the same seeds, drawn in order
     stats = engine.stats()
     assert stats["prefill"]["step_count"]["decode"] == 0, "the prefill engine ran a decode step"
     assert stats["decode"]["step_count"]["prefill"] == 0, "the decode engine ran a prefill step"
-    assert stats["num_handoffs"] == 3 * len(prompts()) and stats["num_returned"] == 0
+    assert stats["num_handoffs"] == 4 * len(prompts()) and stats["num_returned"] == 0  # one per request
     assert_pools_whole(engine)
 
 
@@ -242,3 +249,12 @@ def test_changes_while_a_prefill_step_runs_wait_for_it(tiny_gqa_checkpoint) -> N
     done = {out.request_id: out for out in run_to_completion(engine)}
     assert set(done) == {"d", "late"} and all(len(o.outputs[0].token_ids) == 12 for o in done.values())
     assert_pools_whole(engine)
+
+
+def test_int8_kv_pages_travel_with_their_scales(tiny_gqa_checkpoint) -> None:
+    kwargs = dict(ENGINE_KWARGS, kv_cache_dtype="int8")
+    want = samples(run(LLM(str(tiny_gqa_checkpoint), **kwargs), GREEDY))
+    llm = LLM(str(tiny_gqa_checkpoint), disaggregated=True, **kwargs)
+    assert set(llm.engine.decode.runner.cache) == {"k", "v", "k_scale", "v_scale"}
+    assert samples(run(llm, GREEDY)) == want
+    assert_pools_whole(llm.engine)
