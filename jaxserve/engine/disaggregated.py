@@ -14,9 +14,8 @@ aborts and hand-offs on that side wait for it (adds are validated at once: a bad
 
 A ready sequence waits on the prefill side, keeping its pages, while the decode pool (or max_num_seqs) has no room;
 hand-offs are first come, first served. A sequence the decode scheduler preempts goes back to the front of the
-prefill queue and is recomputed there, as the interleaved engine would recompute it. The decode pool runs without
-prefix caching (its pages are private copies no prompt looks up). `n > 1` samples share their prompt's pages on
-both sides (the decode side forks them from one copied set).
+prefill queue and is recomputed there, as the interleaved engine would. The decode pool has no prefix cache (its
+pages are private copies). `n > 1` samples share their prompt's pages on both sides (forked on the decode side).
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from jaxserve.engine import data_parallel
+from jaxserve.engine.data_parallel import _SUMMED  # the stats that add up over engines
 from jaxserve.engine.kv_transfer import KVTransfer, move_pages
 from jaxserve.engine.llm_engine import LLMEngine, Prompt
 from jaxserve.engine.request_state import RequestState
@@ -37,7 +36,6 @@ from jaxserve.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
-_SUMMED = data_parallel._SUMMED  # the stats that add up over engines
 
 
 class DisaggregatedEngine:
@@ -55,6 +53,8 @@ class DisaggregatedEngine:
         self.prefill, self.decode, self.overlap = prefill, decode, overlap
         self.config, self.tokenizer = prefill.config, prefill.tokenizer
         self.transfer = KVTransfer(prefill.runner, decode.runner)
+        if prefill.runner.warmed_up:  # compiled like the steps, so a first hand-off does not compile
+            self.transfer.warmup()
         self._states: dict[str, RequestState] = {}  # every unfinished request, wherever its samples are
         self._parked: list[list[Sequence]] = []  # ready groups waiting for room on the decode side (FIFO)
         self._returning: list[Sequence] = []  # decode-side preemptions, to rejoin the prefill queue

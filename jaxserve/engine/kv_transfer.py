@@ -44,10 +44,17 @@ class KVTransfer:
         self._scatter = jax.jit(scatter_pages, donate_argnames=("cache",), out_shardings=self.dst_sharding)
         self._src_index = jax.sharding.NamedSharding(src_runner.mesh, jax.sharding.PartitionSpec())
         self._dst_index = jax.sharding.NamedSharding(dst_runner.mesh, jax.sharding.PartitionSpec())
-        largest = max(src_runner.num_blocks, dst_runner.num_blocks)
-        self.buckets = power_of_two_buckets(8, largest)
+        # One copy moves at most one full-length sequence's pages (more go in several copies): the gathered
+        # pages are a temporary copy, which must stay small next to a pool that fills the device.
+        self.buckets = power_of_two_buckets(8, src_runner.config.max_blocks_per_seq)
         self.num_pages_moved = 0
         self.num_transfers = 0
+
+    def warmup(self) -> None:
+        """Compile the copy for every bucket (copying the reserved page onto itself, which changes nothing)."""
+        for size in self.buckets:
+            self._copy(np.zeros(size, np.int32), np.zeros(size, np.int32))
+        jax.block_until_ready(self.dst.cache)
 
     def copy(self, src_pages: list[int], dst_pages: list[int]) -> None:
         """Copy page `src_pages[i]` of the source pool onto page `dst_pages[i]` of the destination pool.
@@ -57,17 +64,19 @@ class KVTransfer:
         """
         if len(src_pages) != len(dst_pages):
             raise ValueError(f"{len(src_pages)} source pages for {len(dst_pages)} destination pages")
-        if not src_pages:
-            return
-        size = pick_bucket(self.buckets, len(src_pages))
-        src = np.zeros(size, np.int32)
-        dst = np.zeros(size, np.int32)
-        src[:len(src_pages)], dst[:len(dst_pages)] = src_pages, dst_pages
-        values = self._gather(self.src.cache, jax.device_put(src, self._src_index))
-        values = jax.device_put(values, self.dst_sharding)  # prefill group -> decode group
-        self.dst.cache = self._scatter(self.dst.cache, jax.device_put(dst, self._dst_index), values)
+        step = self.buckets[-1]
+        for i in range(0, len(src_pages), step):
+            n = len(src_pages[i:i + step])
+            src, dst = (np.zeros(pick_bucket(self.buckets, n), np.int32) for _ in range(2))
+            src[:n], dst[:n] = src_pages[i:i + step], dst_pages[i:i + step]
+            self._copy(src, dst)
+            self.num_transfers += 1
         self.num_pages_moved += len(src_pages)
-        self.num_transfers += 1
+
+    def _copy(self, src: np.ndarray, dst: np.ndarray) -> None:
+        values = self._gather(self.src.cache, jax.device_put(src, self._src_index))
+        values = jax.device_put(values, self.dst_sharding)  # source group -> destination group
+        self.dst.cache = self._scatter(self.dst.cache, jax.device_put(dst, self._dst_index), values)
 
 
 def move_pages(group: list[Sequence], src: BlockManager, dst: BlockManager, transfer: KVTransfer) -> None:

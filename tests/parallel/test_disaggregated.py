@@ -258,3 +258,11 @@ def test_int8_kv_pages_travel_with_their_scales(tiny_gqa_checkpoint) -> None:
     assert set(llm.engine.decode.runner.cache) == {"k", "v", "k_scale", "v_scale"}
     assert samples(run(llm, GREEDY)) == want
     assert_pools_whole(llm.engine)
+    # Copies are cut at one full-length sequence's pages (8 here): 11 pages go in two copies, every array intact.
+    engine, src, dst = llm.engine, list(range(1, 12)), list(range(30, 41))
+    before = engine.transfer.num_transfers
+    engine.transfer.copy(src, dst)
+    assert engine.transfer.num_transfers == before + 2
+    for name, pages in engine.prefill.runner.cache.items():
+        np.testing.assert_array_equal(np.asarray(engine.decode.runner.cache[name])[:, :, dst],
+                                      np.asarray(pages)[:, :, src], err_msg=name)
