@@ -26,6 +26,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import jax
+
 from jaxserve.engine.data_parallel import _SUMMED  # the stats that add up over engines
 from jaxserve.engine.kv_transfer import KVTransfer, move_pages
 from jaxserve.engine.llm_engine import LLMEngine, Prompt
@@ -53,18 +55,17 @@ class DisaggregatedEngine:
         self.prefill, self.decode, self.overlap = prefill, decode, overlap
         self.config, self.tokenizer = prefill.config, prefill.tokenizer
         self.transfer = KVTransfer(prefill.runner, decode.runner)
-        if prefill.runner.warmed_up:  # compiled like the steps, so a first hand-off does not compile
-            self.transfer.warmup()
+        if prefill.runner.warmed_up:
+            self.transfer.warmup()  # compiled like the steps, so a first hand-off does not compile
         self._states: dict[str, RequestState] = {}  # every unfinished request, wherever its samples are
         self._parked: list[list[Sequence]] = []  # ready groups waiting for room on the decode side (FIFO)
         self._returning: list[Sequence] = []  # decode-side preemptions, to rejoin the prefill queue
         # The prefill step running in a background thread. While it runs, only that thread touches the prefill
         # engine (scheduler, block manager, requests): changes to that side wait in `_pending` until it is done.
         self._inflight: Future[list[RequestOutput]] | None = None
-        self._pending: list[tuple[str, Any]] = []
+        self._pending: list[tuple[str, Any]] = []  # ("add", arguments), ("abort", state), ("reset", None)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="jaxserve-prefill")
-        # Groups of sequences moved to the decode side; sequences it preempted and sent back; hand-off host time.
-        self.num_handoffs, self.num_returned, self.handoff_time = 0, 0, 0.0
+        self.num_handoffs, self.num_returned, self.handoff_time = 0, 0, 0.0  # groups moved, seqs sent back
 
     @property
     def runner(self) -> Any:
@@ -217,9 +218,8 @@ class DisaggregatedEngine:
     def _hand_off(self) -> None:
         """Take the sequences ready to decode out of the prefill scheduler and move them over while room lasts."""
         running = self.prefill.scheduler.running
-        # Ready = every token but the last computed: its first (or, after a recompute, next) token is sampled.
-        # (A chunked prompt can also stop one token short; the decode step then computes that token, exactly as
-        # the interleaved engine's decode step would.)
+        # Ready = all but the last token computed: its first (after a recompute: next) token is sampled. A chunked
+        # prompt can also stop one token short; the decode step computes it, as the interleaved engine's would.
         ready = [seq for seq in running if seq.num_uncomputed_tokens == 1]
         groups: dict[tuple, list[Sequence]] = {}
         for seq in ready:
@@ -285,12 +285,12 @@ def build_disaggregated(args: Any) -> DisaggregatedEngine:
     from jaxserve.engine.engine_args import build_replica, load_model
     from jaxserve.parallel.mesh import device_groups
 
+    if jax.process_count() > 1:  # the runners' multi-host step channel drives one model over every process
+        raise ValueError("disaggregated serving runs in a single process; a multi-process job is not supported")
     if args.data_parallel_size != 1:
-        raise ValueError(f"disaggregated serving uses one prefill and one decode group; data_parallel_size must be "
-                         f"1, got {args.data_parallel_size}")
+        raise ValueError(f"data_parallel_size must be 1 with disaggregated serving, got {args.data_parallel_size}")
     loaded, tokenizer, config = load_model(args)
     prefill_devices, decode_devices = device_groups(args.tensor_parallel_size, 2)
-    # The decode pool gets no prefix cache: its pages are private copies no prompt ever looks up.
     decode_config = dataclasses.replace(config, cache=dataclasses.replace(config.cache, enable_prefix_caching=False))
     prefill = build_replica(config, loaded.params, tokenizer, prefill_devices, args)
     decode = build_replica(decode_config, loaded.params, tokenizer, decode_devices, args)

@@ -8,8 +8,8 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
-from conftest import ENGINE_KWARGS, TINY_GQA, prompts, run_to_completion
 from jax.sharding import PartitionSpec as P
+from parallel_helpers import ENGINE_KWARGS, TINY_GQA, prompts, run_to_completion
 
 from jaxserve import LLM, SamplingParams
 from jaxserve.config import CacheConfig, EngineConfig, SchedulerConfig
