@@ -162,6 +162,13 @@ class BlockManager:
             seq.block_table.append(self._pop_free())
         return copies
 
+    def take_free_pages(self, count: int) -> list[int]:
+        """`count` free pages, each held once, for K/V copied in from another pool (disaggregated serving: the
+        decode engine receives a prefilled sequence's pages this way). Raises if the pool is short."""
+        if count > self.num_free_blocks:
+            raise RuntimeError(f"KV pool exhausted: need {count} pages, {self.num_free_blocks} free")
+        return [self._pop_free() for _ in range(count)]
+
     def fork(self, parent: Sequence, child: Sequence) -> None:
         """Let `child` share every page of `parent` (a sample of the same prompt)."""
         assert not child.block_table, "a forked sequence starts without pages"

@@ -16,7 +16,7 @@ from jaxserve.outputs import RequestOutput
 from jaxserve.sampling_params import SamplingParams
 
 # Stats that add up over replicas; the rest are reported per replica (and KV usage as the mean).
-_SUMMED = ("num_running", "num_waiting", "num_free_blocks", "num_preemptions", "prefix_cache_queries",
+SUMMED_STATS = ("num_running", "num_waiting", "num_free_blocks", "num_preemptions", "prefix_cache_queries",
            "prefix_cache_hits", "num_cached_blocks", "num_compiles_after_warmup", "num_steps")
 
 
@@ -85,7 +85,7 @@ class DataParallelEngine:
     def stats(self) -> dict[str, Any]:
         """Counters summed over replicas, KV usage averaged, and each replica's own stats under "replicas"."""
         per_replica = [replica.stats() for replica in self.replicas]
-        stats: dict[str, Any] = {key: sum(s[key] for s in per_replica) for key in _SUMMED}
+        stats: dict[str, Any] = {key: sum(s[key] for s in per_replica) for key in SUMMED_STATS}
         stats["kv_cache_usage"] = sum(s["kv_cache_usage"] for s in per_replica) / len(per_replica)
         for key in ("step_time_s", "step_tokens", "step_count"):
             stats[key] = {kind: sum(s[key][kind] for s in per_replica) for kind in per_replica[0][key]}

@@ -47,6 +47,7 @@ class EngineArgs:
     tensor_parallel_size: int = 1  # devices each model replica is split over (Megatron-style, by heads)
     data_parallel_size: int = 1  # replicas, each with its own scheduler and KV pool, behind one router
     layer_loop: str = "auto"  # "scan" | "unrolled" (per-layer weights; faster on CPU) | "auto"
+    disaggregated: bool = False  # prefill and decode on two device groups of tensor_parallel_size each
     compile_all_buckets: bool = True
     compilation_cache_dir: str | None = DEFAULT_COMPILATION_CACHE
     progress: bool = True
@@ -63,6 +64,10 @@ def build_engine(args: EngineArgs):
     DataParallelEngine over `data_parallel_size` replicas of `tensor_parallel_size` devices each)."""
     from jaxserve.engine.data_parallel import DataParallelEngine
 
+    if args.disaggregated:  # a prefill engine and a decode engine: see engine/disaggregated.py
+        from jaxserve.engine.disaggregated import build_disaggregated
+
+        return build_disaggregated(args)
     loaded, tokenizer, config = load_model(args)
     if jax.process_count() > 1 and (args.tensor_parallel_size != jax.device_count() or args.data_parallel_size > 1):
         raise ValueError(f"a multi-process job runs one model over all {jax.device_count()} devices of its "

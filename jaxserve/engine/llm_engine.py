@@ -60,11 +60,25 @@ class LLMEngine:
 
         `cache_salt` keeps the request's KV apart: only requests with the same salt share prefix-cache pages.
         """
-        if cache_salt is not None and not isinstance(cache_salt, str):
-            raise ValueError(f"cache_salt must be a string, got {type(cache_salt).__name__}")
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         params = params or SamplingParams()
+        text, ids = self.validate_request(prompt, params, cache_salt)
+        arrival = time.monotonic() if arrival_time is None else arrival_time
+        base_seed = params.seed if params.seed is not None else int(self._rng.integers(0, 2**63))
+        seqs = [Sequence(request_id, ids, params, i, base_seed, arrival) for i in range(params.n)]
+        for seq in seqs:
+            seq.cache_salt = cache_salt
+        seqs[0].forks = seqs[1:]  # one prefill; the other samples share its pages (Scheduler forks them)
+        self.requests[request_id] = RequestState(request_id, text, ids, params, seqs, self.tokenizer, arrival)
+        self.scheduler.add(seqs[0])
+
+    def validate_request(self, prompt: Prompt, params: SamplingParams,
+                         cache_salt: str | None = None) -> tuple[str | None, list[int]]:
+        """Every check of `add_request` that does not change the engine: (prompt text or None, prompt ids), or a
+        ValueError naming the problem. Read-only, so an engine wrapping this one may call it at any time."""
+        if cache_salt is not None and not isinstance(cache_salt, str):
+            raise ValueError(f"cache_salt must be a string, got {type(cache_salt).__name__}")
         if params.n > self.config.scheduler.max_num_seqs:
             raise ValueError(f"n={params.n} samples exceed max_num_seqs={self.config.scheduler.max_num_seqs}: the "
                              f"samples of a request run together")
@@ -74,14 +88,7 @@ class LLMEngine:
         outside = sorted(t for t in params.logit_bias if t >= vocab)
         if outside:
             raise ValueError(f"logit_bias token ids must be in [0, {vocab}); got {outside[:5]}")
-        arrival = time.monotonic() if arrival_time is None else arrival_time
-        base_seed = params.seed if params.seed is not None else int(self._rng.integers(0, 2**63))
-        seqs = [Sequence(request_id, ids, params, i, base_seed, arrival) for i in range(params.n)]
-        for seq in seqs:
-            seq.cache_salt = cache_salt
-        seqs[0].forks = seqs[1:]  # one prefill; the other samples share its pages (Scheduler forks them)
-        self.requests[request_id] = RequestState(request_id, text, ids, params, seqs, self.tokenizer, arrival)
-        self.scheduler.add(seqs[0])
+        return text, ids
 
     def _prompt_ids(self, prompt: Prompt) -> tuple[str | None, list[int]]:
         if isinstance(prompt, dict):
