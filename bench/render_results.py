@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.DOTALL)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], left: int = 1) -> str:
@@ -72,8 +72,8 @@ def render_decode_step(d: dict) -> list[str]:
     ms = {(r["pool_pages"], r["batch"]): r["median_step_ms"] for r in res}
     rows = [[f"{p:,} ({p * d.get('block_size', 16):,})", *[f(ms.get((p, b)), 1, " ms") if (p, b) in ms else None
                                                             for b in batches]] for p in pools]
-    return [f"Median of {d['args']['repeats']} steps, context {d['args']['context']} tokens per sequence, "
-            f"{d['args']['dtype']}.\n", table(["pool pages (tokens)", *[f"batch {b}" for b in batches]], rows)]
+    return [(f"Median of {d['args']['repeats']} steps, context {d['args']['context']} tokens per sequence, "
+            f"{d['args']['dtype']}.\n"), table(["pool pages (tokens)", *[f"batch {b}" for b in batches]], rows)]
 
 
 def render_serving(d: dict) -> list[str]:
@@ -116,8 +116,8 @@ def render_prefix_cache(d: dict) -> list[str]:
              f"{con['cached_tokens']:,} / {con['prompt_tokens']:,}", ""]]
     s = d["summary"]
     return [table(["", "caching off", "caching on", "off / on"], rows),
-            f"\nIdentical outputs with caching on and off: shared prefix {s['identical_outputs_shared_prefix']}, "
-            f"chat {s['identical_outputs_chat']}; compilations after warm-up: {s['compiles_after_warmup']}."]
+            (f"\nIdentical outputs with caching on and off: shared prefix {s['identical_outputs_shared_prefix']}, "
+            f"chat {s['identical_outputs_chat']}; compilations after warm-up: {s['compiles_after_warmup']}.")]
 
 
 QUANT_LABELS = {"int4": "int4 (group 32)", "int8-kv": "int8 KV (float32 weights)",
@@ -138,10 +138,10 @@ def render_kernels(d: dict) -> list[str]:
     rows = [[r["kind"], r["path"], r["batch"], r["new_tokens"], f"{r['context']:,}", f(r["ms"], 2),
              f"{r['bytes_per_s'] / 1e9:.2f} ({r['frac_peak_bandwidth']:.0%})",
              f"{r['flops_per_s'] / 1e9:.1f} ({r['frac_peak_flops']:.0%})"] for r in d["results"]]
-    return [f"Device {d['device']}, {d['dtype']}, {d['heads']} query / {d['kv_heads']} KV heads, head_dim "
+    return [(f"Device {d['device']}, {d['dtype']}, {d['heads']} query / {d['kv_heads']} KV heads, head_dim "
             f"{d['head_dim']}, page size {d['block_size']}; kernels timed: {d['kernels_timed']}. Peaks in the same "
             f"run: read {p['read_bytes_per_s'] / 1e9:.1f} GB/s, copy {p['copy_bytes_per_s'] / 1e9:.1f} GB/s, "
-            f"matmul {p['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s.\n",
+            f"matmul {p['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s.\n"),
             table(["step", "path", "sequences", "new tokens", "context", "ms", "GB/s (of peak)",
                    "GFLOP/s (of peak)"], rows, left=2)]
 
@@ -150,10 +150,10 @@ def render_capacity(d: dict) -> list[str]:
     c, dev = d["concurrency"], d["device"]
     rows = [[r["batch"], f(r["measured_tpot_s"] * 1e3), f(r["predicted_tpot_s"] * 1e3), f(r["error"] * 100, 0, "%"),
              "compute" if r["compute_bound"] else "memory"] for r in d["tpot"]]
-    return [f"Device measured in the run: {dev['bandwidth'] / 1e9:.1f} GB/s read, "
+    return [(f"Device measured in the run: {dev['bandwidth'] / 1e9:.1f} GB/s read, "
             f"{dev['peak_flops']['float32'] / 1e9:.0f} GFLOP/s float32 matmul. Max concurrency with a "
             f"{c['kv_cache_memory'] / 2**20:.0f} MiB KV budget at max_model_len {c['max_model_len']}: planned "
-            f"{c['predicted']}, measured {c['measured']}.\n",
+            f"{c['predicted']}, measured {c['measured']}.\n"),
             table(["batch", "measured ms", "roofline ms", "error", "bound"], rows)]
 
 
@@ -161,8 +161,8 @@ def render_batching(d: dict) -> list[str]:
     rows = [[r["mode"], f(r["seconds"]), f(r["output_tokens_per_s"]), f(r["latency_mean_s"]),
              f(r["latency_median_s"]), f(r["latency_p99_s"])] for r in d["results"]]
     a = d["args"]
-    return [f"{a['num_requests']} requests, prompts up to {a['max_prompt']} tokens, outputs mean {a['mean_output']} "
-            f"/ max {a['max_output']}, batch {a['batch']}, {a['dtype']}.\n",
+    return [(f"{a['num_requests']} requests, prompts up to {a['max_prompt']} tokens, outputs mean {a['mean_output']} "
+            f"/ max {a['max_output']}, batch {a['batch']}, {a['dtype']}.\n"),
             table(["mode", "seconds", "out tok/s", "mean latency s", "median s", "p99 s"], rows),
             f"\nContinuous / static throughput: **{d['throughput_ratio']:.2f}x**."]
 
@@ -170,9 +170,9 @@ def render_batching(d: dict) -> list[str]:
 def render_kv_memory(d: dict) -> list[str]:
     rows = [[name, f"{d[key]['concurrent_sequences']:,}", f(d[key]["waste_fraction"] * 100, 1, "%")]
             for name, key in (("contiguous (max_model_len per slot)", "contiguous"), ("paged", "paged"))]
-    return [f"Model {d['model']}, {d['kv_dtype']} KV ({d['kv_bytes_per_token']:,} B/token), "
+    return [(f"Model {d['model']}, {d['kv_dtype']} KV ({d['kv_bytes_per_token']:,} B/token), "
             f"{d['kv_cache_memory'] / 2**30:.0f} GiB budget, max_model_len {d['max_model_len']}, page "
-            f"{d['block_size']} tokens, mean live length {d['mean_length']:.0f} tokens.\n",
+            f"{d['block_size']} tokens, mean live length {d['mean_length']:.0f} tokens.\n"),
             table(["layout", "sequences", "wasted"], rows),
             f"\nPaged / contiguous concurrency **{d['concurrency_ratio']:.2f}x**."]
 
