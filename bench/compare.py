@@ -106,7 +106,11 @@ def plot(data: dict, path: Path) -> None:
     single = [(r["engine"], r["decode_tok_s"]) for r in rows if r["concurrency"] == 1 and r.get("decode_tok_s")]
     right.barh([e for e, _ in single], [v for _, v in single])
     right.set_xlabel("single-stream decode tok/s (1 / median TPOT)")
-    fig.suptitle(f"{data['header']['date']} - {data['header']['machine_note']}", fontsize=9)
+    loads = [x for rec in data["engines"].values() for x in (rec.get("load_before"), rec.get("load_after")) if x]
+    load = f", load average {min(x[0] for x in loads):.1f}-{max(x[0] for x in loads):.1f}" if loads else ""
+    fig.suptitle(f"{data['header']['date']} - {data['header']['machine_note']}{load} - {data['gguf']}, "
+                 f"{data['workload']['prompt_len']} prompt + {data['workload']['output_len']} output tokens per request",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}", flush=True)

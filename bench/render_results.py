@@ -45,9 +45,10 @@ def run_line(data: dict, name: str) -> str:
     return " · ".join(parts)
 
 
-def plot_link(name: str, results: Path) -> list[str]:
-    """A markdown image for results/NAME when that PNG exists."""
-    return [f"![{Path(name).stem}](results/{name})"] if (results / name).exists() else []
+def plot_link(name: str) -> list[str]:
+    """A markdown image for results/NAME. Not conditional on the file: --check must give the same answer in a
+    checkout where the (git-ignored) PNG was never drawn."""
+    return [f"![{Path(name).stem}](results/{name})"]
 
 
 def render_offline_throughput(d: dict) -> list[str]:
@@ -180,10 +181,12 @@ def render_kv_memory(d: dict) -> list[str]:
 def render_compare(d: dict) -> str:
     """The compare.py table: per engine and concurrency level, aggregate and single-stream decode tok/s, then the
     targets. Also printed by bench/compare.py at the end of a run."""
+    # C / median TPOT: the aggregate rate once every request decodes, without the prefill phase (an estimate).
     rows = [[r["engine"], r["concurrency"], r["requests"], f(r["seconds"]), f(r["output_tok_s"]),
-             f(r.get("decode_tok_s")), f(r.get("median_ttft_ms"), 0)] for r in d["rows"]]
+             f(r.get("decode_tok_s")), f(r["decode_tok_s"] * r["concurrency"] if r.get("decode_tok_s") else None),
+             f(r.get("median_ttft_ms"), 0)] for r in d["rows"]]
     out = [table(["engine", "concurrency", "requests", "seconds", "out tok/s (aggregate)", "decode tok/s (1/TPOT)",
-                  "median TTFT ms"], rows, left=1)]
+                  "decode phase tok/s (C/TPOT)", "median TTFT ms"], rows, left=1)]
     load = [f"{name} {rec['load_before'][0]:.2f} -> {rec['load_after'][0]:.2f}"
             for name, rec in d["engines"].items() if "load_before" in rec]
     skipped = [f"{name}: {rec['skipped']}" for name, rec in d["engines"].items() if "skipped" in rec]
@@ -195,9 +198,9 @@ def render_compare(d: dict) -> str:
     seen = "; ".join(f"{name} {rec['prompt_tokens_seen']}" for name, rec in d["engines"].items()
                      if rec.get("prompt_tokens_seen") is not None)
     tc = d["tokenizer_check"]
-    out.append(f"Prompt tokens per request each engine reported (sent: {tc['sent_ids']}): {seen}. llama.cpp's "
-               f"tokenizer on the first prompt's text: {tc['llama_cpp_ids']} ids, identical to jaxserve's: "
-               f"{tc['llama_cpp_identical']}.")
+    out.append(f"Prompt tokens per request (sent: {tc['sent_ids']} ids; servers: their `usage`, in-process engines: "
+               f"the ids passed): {seen}. llama.cpp's tokenizer on the first prompt's decoded text: "
+               f"{tc['llama_cpp_ids']} ids, identical to jaxserve's: {tc['llama_cpp_identical']}.")
     targets = [[t["target"], t["engine"], f(t["value"]), f"{t['reference']} {f(t['reference_value'])}",
                 "-" if t["ratio"] is None else f"{t['ratio']:.2f}x", f"{t['required']:.1f}x",
                 {True: "**met**", False: "**not met**", None: "-"}[t["met"]]] for t in d["targets"]]
@@ -205,18 +208,19 @@ def render_compare(d: dict) -> str:
     return "\n".join(out)
 
 
-# block name -> (JSON file(s) under bench/results, renderer, plot)
+# block name -> (JSON file(s) under bench/results, renderer, plot linked from the block: only PNGs in git, as
+# bench/results/*.png is git-ignored and compare.png alone is committed, with `git add -f`)
 RENDERERS: dict[str, tuple[str, Callable, str | None]] = {
     "compare": ("compare.json", lambda d: [render_compare(d)], "compare.png"),
     "offline_throughput": ("offline_throughput.json", render_offline_throughput, None),
     "decode_step": ("decode_step.json", render_decode_step, None),
-    "serving": ("serving.json", render_serving, "serving.png"),
+    "serving": ("serving.json", render_serving, None),  # its PNG is not committed; the prose names it
     "serving_policy": ("serving_policy/*.json", render_serving_policy, None),
     "prefix_cache": ("prefix_cache.json", render_prefix_cache, None),
     "quantization": ("quantization.json", render_quantization, None),
     "kernels": ("kernels.json", render_kernels, None),
     "capacity": ("capacity.json", render_capacity, None),
-    "batching": ("batching.json", render_batching, "batching.png"),
+    "batching": ("batching.json", render_batching, None),
     "kv_memory": ("kv_memory.json", render_kv_memory, None),
 }
 
@@ -238,9 +242,8 @@ def render_blocks(results: Path) -> dict[str, str]:
             data = json.loads(path.read_text())
             head = [run_line(data, pattern)]
         lines = [*head, "", *renderer(data)]
-        image = plot_link(png, results) if png else []
-        if image:
-            lines += ["", *image]
+        if png:
+            lines += ["", *plot_link(png)]
         blocks[name] = "\n".join(lines).rstrip("\n") + "\n"
     return blocks
 

@@ -71,8 +71,8 @@ def test_numbers_land_in_the_tables_and_prose_survives(setup: tuple[Path, Path])
     assert "| continuous | 10.0 | 33.2 |" in batching
     assert "**3.17x**" in batching and "test-machine (2 CPUs)" in batching
     compare = text.split("<!-- results:compare -->")[1].split("<!-- /results:compare -->")[0]
-    assert "| jaxserve float32 | 1 | 3 | 9.0 | 42.5 | 43.8 | 120 |" in compare
-    assert "| llama-server | 32 | 32 | 20.0 | 214.0 |" in compare
+    assert "| jaxserve float32 | 1 | 3 | 9.0 | 42.5 | 43.8 | 43.8 | 120 |" in compare
+    assert "| llama-server | 32 | 32 | 20.0 | 214.0 | 7.0 | 224.0 | 900 |" in compare
     assert "0.47x" in compare and "**not met**" in compare and "not installed" in compare
     assert "jaxserve float32 1.00 -> 1.50" in compare
 
