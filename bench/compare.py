@@ -87,10 +87,10 @@ def targets(rows: list[dict], llama_single: str) -> list[dict]:
 
 def plot(data: dict, path: Path) -> None:
     """Aggregate tok/s per concurrency level (grouped bars) and single-stream decode tok/s, per engine."""
-    plt = pyplot()
+    rows = data["rows"]
+    plt = pyplot() if rows else None
     if plt is None:
         return
-    rows = data["rows"]
     engines = list(dict.fromkeys(r["engine"] for r in rows))
     levels = sorted({r["concurrency"] for r in rows})
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
