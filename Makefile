@@ -39,6 +39,7 @@ bench: install
 	JAX_PLATFORMS=cpu $(PY) bench/kernels.py
 	JAX_PLATFORMS=cpu $(PY) bench/serving.py --launch "--max-model-len 1024 --max-num-seqs 32 --max-num-batched-tokens 256" \
 		--num-prompts 32 --input-len 128 --output-len 64 --request-rate 4
+	JAX_PLATFORMS=cpu $(PY) bench/scale_out.py
 	# jaxserve vs transformers vs llama.cpp (llama.cpp parts are skipped when llama-server / llama-cpp-python are absent).
 	JAX_PLATFORMS=cpu HF_HUB_OFFLINE=1 $(PY) bench/compare.py
 	$(PY) bench/render_results.py
