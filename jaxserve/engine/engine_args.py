@@ -46,7 +46,7 @@ class EngineArgs:
     seed: int = 0
     tensor_parallel_size: int = 1  # devices each model replica is split over (Megatron-style, by heads)
     data_parallel_size: int = 1  # replicas, each with its own scheduler and KV pool, behind one router
-    layer_loop: str = "auto"  # "scan" | "unrolled" (per-layer weights; faster on CPU) | "auto"
+    layer_loop: str = "auto"  # "scan" | "unrolled" (per-layer weights, an unrolled loop) | "auto" (= scan)
     disaggregated: bool = False  # prefill and decode on two device groups of tensor_parallel_size each
     compile_all_buckets: bool = True
     compilation_cache_dir: str | None = DEFAULT_COMPILATION_CACHE

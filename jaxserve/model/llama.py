@@ -2,7 +2,7 @@
 
 The parameter layout is documented in docs/interfaces.md: per-layer weights stacked on a leading axis, run with
 `jax.lax.scan` so compile time does not grow with depth, or split into a list of per-layer dicts
-(`unstack_layers`), run as an unrolled loop (faster on CPU). The KV cache travels through the scan carry, so each
+(`unstack_layers`), run as an unrolled loop. The KV cache travels through the scan carry, so each
 layer's scatter updates the donated page arrays in place.
 """
 
@@ -79,11 +79,12 @@ def forward(
 def unstack_layers(params: Params) -> Params:
     """`params` with the stacked per-layer weights split into a list of per-layer dicts (each its own arrays).
 
-    `forward` runs such a list as an unrolled loop. On CPU this is the faster layout for decoding: inside a
-    `lax.scan`, XLA:CPU copies each layer's weight slices out of the stacked arrays before its matmuls (a 1-token
-    decode step of the default model: 46 ms scanned, 31 ms unrolled; 8 tokens 89 vs 71; 256 tokens equal), at the
-    price of compiling every layer separately (5-8x longer compiles, cached on disk). Host (numpy) params are split
-    into views, so nothing is copied before placement.
+    `forward` runs such a list as an unrolled loop. Inside a `lax.scan`, XLA:CPU copies each layer's weight slices
+    out of the stacked arrays before its matmuls; unrolled, a float32 decode step of the default model took 31 ms
+    instead of 46 (1 token; 8 tokens 71 vs 89; 256 tokens equal), at the price of compiling every layer separately
+    (5-8x longer compiles). End to end it gained nothing through the server and made int8 / int4 weights 2-4x
+    slower (bench/RESULTS.md), so it is opt-in (`layer_loop="unrolled"`). Host (numpy) params are split into
+    views, so nothing is copied before placement.
     """
     layers = params.get("layers")
     if layers is None or isinstance(layers, (list, tuple)):  # nothing stacked (e.g. a test's random runner)

@@ -66,7 +66,7 @@ def test_server_with_two_replicas() -> None:
     """`jaxserve serve --data-parallel-size 2` on the default model: concurrent requests all answered, identical."""
     from concurrent.futures import ThreadPoolExecutor
 
-    server = start_server(["--data-parallel-size", "2", "--layer-loop", "scan", "--max-model-len", "256",
+    server = start_server(["--data-parallel-size", "2", "--max-model-len", "256",
                            "--max-num-seqs", "4", "--max-num-batched-tokens", "64"], log_level="INFO")
     try:
         client = OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=120)
