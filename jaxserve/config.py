@@ -225,7 +225,9 @@ class EngineConfig:
     seed: int = 0
     compile_all_buckets: bool = True  # compile every shape bucket at start-up
     compilation_cache_dir: str | None = None  # persistent XLA cache; None disables it
-    min_bucket: int = 8  # smallest token / sequence bucket
+    # Smallest token / sequence bucket. 1: a lone decoding sequence runs a 1-token step (default model on a 2-core
+    # CPU: 30 ms per step against 61 ms padded to 8 tokens), for three more buckets to compile at start-up.
+    min_bucket: int = 1
     attention_backend: str = "auto"  # "auto" | "xla" | "pallas"
     quantization: str | None = None  # weight quantization scheme; None keeps the checkpoint's float weights
     quantization_group_size: int | None = None  # int4: 32 by default; int8: None = per output channel
