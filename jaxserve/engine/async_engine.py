@@ -156,9 +156,7 @@ class AsyncLLMEngine:
         try:
             self._serve_loop()
         finally:
-            shutdown = getattr(self.engine, "shutdown", None)  # stub engines in tests may have none
-            if shutdown is not None:
-                shutdown()
+            self._call_engine("shutdown")
 
     def _serve_loop(self) -> None:
         while not self._stopped:
@@ -168,6 +166,16 @@ class AsyncLLMEngine:
             if self.engine.has_unfinished_requests():
                 self._step()
 
+    def _call_engine(self, name: str) -> None:
+        """Call an optional engine hook (stub engines in tests may lack it); a failure is logged, never fatal."""
+        hook = getattr(self.engine, name, None)
+        if hook is None:
+            return
+        try:
+            hook()
+        except Exception:  # noqa: BLE001 - housekeeping must not take the engine thread down
+            logger.exception("engine %s failed", name)
+
     def _drain_commands(self, block: bool) -> bool:
         """Apply queued add/abort commands; returns False on stop."""
         while True:
@@ -175,9 +183,7 @@ class AsyncLLMEngine:
                 cmd = self._commands.get(timeout=0.5) if block else self._commands.get_nowait()
             except queue.Empty:
                 if block and not self._stopped:
-                    keepalive = getattr(self.engine, "keepalive", None)  # multi-host: idle followers hear from us
-                    if keepalive is not None:
-                        keepalive()
+                    self._call_engine("keepalive")  # multi-host: idle followers hear from the leader
                     continue
                 return not self._stopped
             block = False

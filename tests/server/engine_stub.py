@@ -46,6 +46,12 @@ class RandomRunner:
                                 "top_ids": ids, "top_logprobs": values}
         return result
 
+    def keepalive(self) -> None:
+        """Nothing to keep alive: a single process."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
 
 def stub_engine() -> Any:
     """An LLMEngine over RandomRunner (max_model_len 128, 64 sequences, 256-token steps, 1024 pages of 16)."""
