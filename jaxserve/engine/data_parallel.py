@@ -20,6 +20,15 @@ SUMMED_STATS = ("num_running", "num_waiting", "num_free_blocks", "num_preemption
            "prefix_cache_hits", "num_cached_blocks", "num_compiles_after_warmup", "num_steps")
 
 
+def combine_stats(per_engine: list[dict[str, Any]]) -> dict[str, Any]:
+    """The stats of several engines as one engine's: counters and per-kind step totals summed, KV usage averaged."""
+    stats: dict[str, Any] = {key: sum(s[key] for s in per_engine) for key in SUMMED_STATS}
+    stats["kv_cache_usage"] = sum(s["kv_cache_usage"] for s in per_engine) / len(per_engine)
+    for key in ("step_time_s", "step_tokens", "step_count"):
+        stats[key] = {kind: sum(s[key][kind] for s in per_engine) for kind in per_engine[0][key]}
+    return stats
+
+
 class DataParallelEngine:
     """Route requests over `replicas` by load and step them concurrently."""
 
@@ -85,12 +94,7 @@ class DataParallelEngine:
     def stats(self) -> dict[str, Any]:
         """Counters summed over replicas, KV usage averaged, and each replica's own stats under "replicas"."""
         per_replica = [replica.stats() for replica in self.replicas]
-        stats: dict[str, Any] = {key: sum(s[key] for s in per_replica) for key in SUMMED_STATS}
-        stats["kv_cache_usage"] = sum(s["kv_cache_usage"] for s in per_replica) / len(per_replica)
-        for key in ("step_time_s", "step_tokens", "step_count"):
-            stats[key] = {kind: sum(s[key][kind] for s in per_replica) for kind in per_replica[0][key]}
-        stats["replicas"] = per_replica
-        return stats
+        return {**combine_stats(per_replica), "replicas": per_replica}
 
     def keepalive(self) -> None:
         """Called while idle (see LLMEngine.keepalive)."""

@@ -28,7 +28,7 @@ from typing import Any
 
 import jax
 
-from jaxserve.engine.data_parallel import SUMMED_STATS  # the stats that add up over engines
+from jaxserve.engine.data_parallel import combine_stats
 from jaxserve.engine.kv_transfer import KVTransfer, move_pages
 from jaxserve.engine.llm_engine import LLMEngine, Prompt
 from jaxserve.engine.request_state import RequestState
@@ -89,8 +89,7 @@ class DisaggregatedEngine:
     def _validate(self, prompt: Prompt, params: SamplingParams, cache_salt: str | None) -> None:
         """LLMEngine.add_request's checks, read-only (safe while a prefill step runs), plus the decode pool's."""
         _, ids = self.prefill.validate_request(prompt, params, cache_salt)
-        max_len, block_size = self.config.scheduler.max_model_len, self.config.cache.block_size
-        needed = -(-(len(ids) + (params.max_tokens or max_len - len(ids))) // block_size)
+        needed = self.prefill.pages_needed(len(ids), params)
         usable = self.decode.block_manager.num_usable_blocks
         if needed > usable:
             raise ValueError(f"the request needs up to {needed} KV pages but the decode pool holds {usable}: raise "
@@ -258,20 +257,19 @@ class DisaggregatedEngine:
     def stats(self) -> dict[str, Any]:
         """Counters summed over both engines, KV usage averaged, each engine's own under "prefill" and "decode"."""
         p, d = self.prefill.stats(), self.decode.stats()
-        stats: dict[str, Any] = {key: p[key] + d[key] for key in SUMMED_STATS}
+        stats = combine_stats([p, d])
         stats["num_running"] += sum(len(group) for group in self._parked)
         stats["num_waiting"] += len(self._returning) + sum(op == "add" for op, _ in self._pending)
-        stats["kv_cache_usage"] = (p["kv_cache_usage"] + d["kv_cache_usage"]) / 2
-        for key in ("step_time_s", "step_tokens", "step_count"):
-            stats[key] = {kind: p[key][kind] + d[key][kind] for kind in p[key]}
         stats.update(prefill=p, decode=d, num_parked=sum(len(group) for group in self._parked),
                      num_handoffs=self.num_handoffs, num_returned=self.num_returned,
                      pages_moved=self.transfer.num_pages_moved, handoff_time_s=self.handoff_time)
         return stats
 
     def shutdown(self) -> None:
-        """Stop the stepping threads."""
+        """Stop the stepping threads and shut both engines down."""
         self._pool.shutdown(wait=False)
+        self.prefill.shutdown()
+        self.decode.shutdown()
 
 
 def build_disaggregated(args: Any) -> DisaggregatedEngine:

@@ -10,11 +10,9 @@ from typing import Any
 
 import jax
 
-from jaxserve.config import CacheConfig, EngineConfig, SchedulerConfig, check_tensor_parallel_size, resolve_layer_loop
+from jaxserve.config import CacheConfig, EngineConfig, SchedulerConfig, check_tensor_parallel_size
 from jaxserve.kv_cache import kv_bytes_per_token
-from jaxserve.model.llama import unstack_layers
 from jaxserve.parallel.mesh import device_groups, make_mesh
-from jaxserve.parallel.sharding import shard_params
 from jaxserve.planner.memory import DEFAULT_MEMORY_UTILIZATION, kv_pool_blocks, local_kv_budget, max_concurrency
 from jaxserve.quant import QuantConfig, is_quantized, param_nbytes
 
@@ -125,11 +123,10 @@ def build_replica(config: EngineConfig, host_params: dict, tokenizer: Any, devic
     """One LLMEngine on `devices`: its slices of the weights placed there, then its KV pool sized and allocated."""
     from jaxserve.engine.llm_engine import LLMEngine
 
-    # Placed before the pool is sized, so an accelerator's free memory already accounts for the weights; split per
-    # layer on the host first when the layers run unrolled, so no device holds two copies.
-    if resolve_layer_loop(config.layer_loop, devices[0].platform) == "unrolled":
-        host_params = unstack_layers(host_params)
-    params = shard_params(host_params, make_mesh(devices))
+    from jaxserve.engine.runner import place_params
+
+    # Placed before the pool is sized, so an accelerator's free memory already accounts for the weights.
+    params = place_params(host_params, config, make_mesh(devices))
     num_blocks = size_kv_pool(config, args.gpu_memory_utilization, devices)
     return LLMEngine(config, params, tokenizer, num_blocks, progress=args.progress, devices=devices)
 

@@ -14,22 +14,10 @@ import numpy as np
 
 from jaxserve.engine.block_manager import BlockManager
 from jaxserve.engine.buckets import pick_bucket, power_of_two_buckets
-from jaxserve.engine.page_copy import PAGE_AXIS
+from jaxserve.engine.page_copy import take_pages, put_pages
 from jaxserve.engine.sequence import Sequence
-from jaxserve.kv_cache import KVCache
+from jaxserve.parallel.mesh import replicated
 from jaxserve.parallel.sharding import cache_sharding
-
-_INDEX = (slice(None),) * PAGE_AXIS
-
-
-def gather_pages(cache: KVCache, pages: jax.Array) -> KVCache:
-    """The pages `pages` of every cache array: `[layers, kv_heads, len(pages), ...]`."""
-    return {name: array[_INDEX + (pages,)] for name, array in cache.items()}
-
-
-def scatter_pages(cache: KVCache, pages: jax.Array, values: KVCache) -> KVCache:
-    """Write `values` (as from `gather_pages`) into the pages `pages` of `cache` (jit with the cache donated)."""
-    return {name: array.at[_INDEX + (pages,)].set(values[name]) for name, array in cache.items()}
 
 
 class KVTransfer:
@@ -40,10 +28,9 @@ class KVTransfer:
         self.src = src_runner
         self.dst = dst_runner
         src_sharding, self.dst_sharding = cache_sharding(src_runner.mesh), cache_sharding(dst_runner.mesh)
-        self._gather = jax.jit(gather_pages, out_shardings=src_sharding)
-        self._scatter = jax.jit(scatter_pages, donate_argnames=("cache",), out_shardings=self.dst_sharding)
-        self._src_index = jax.sharding.NamedSharding(src_runner.mesh, jax.sharding.PartitionSpec())
-        self._dst_index = jax.sharding.NamedSharding(dst_runner.mesh, jax.sharding.PartitionSpec())
+        self._gather = jax.jit(take_pages, out_shardings=src_sharding)
+        self._scatter = jax.jit(put_pages, donate_argnames=("cache",), out_shardings=self.dst_sharding)
+        self._src_index, self._dst_index = replicated(src_runner.mesh), replicated(dst_runner.mesh)
         # One copy moves at most one full-length sequence's pages (more go in several copies): the gathered
         # pages are a temporary copy, which must stay small next to a pool that fills the device.
         self.buckets = power_of_two_buckets(8, src_runner.config.max_blocks_per_seq)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,7 @@ class LLMEngine:
     """Continuous batching over a ModelRunner: add requests, call `step()`, read the outputs it returns."""
 
     def __init__(self, config: EngineConfig, params: dict[str, Any], tokenizer: Any | None, num_blocks: int,
-                 progress: bool = True, devices: Sequence[Any] | None = None) -> None:
+                 progress: bool = True, devices: list[Any] | None = None) -> None:
         """`devices`: the `config.tensor_parallel_size` devices the model runs on (default: the first ones)."""
         self.config = config
         self.tokenizer = tokenizer
@@ -115,6 +114,11 @@ class LLMEngine:
             raise ValueError(f"prompt token ids must be integers in [0, {vocab}); got {bad[:5]}")
         return text, [int(t) for t in ids]
 
+    def pages_needed(self, prompt_len: int, params: SamplingParams) -> int:
+        """KV pages a request can grow to: its prompt plus max_tokens (or up to max_model_len)."""
+        max_len = self.config.scheduler.max_model_len
+        return -(-(prompt_len + (params.max_tokens or max_len - prompt_len)) // self.config.cache.block_size)
+
     def _check_length(self, prompt_len: int, params: SamplingParams) -> None:
         max_len = self.config.scheduler.max_model_len
         if prompt_len >= max_len:
@@ -124,7 +128,7 @@ class LLMEngine:
             total = prompt_len + params.max_tokens
             raise ValueError(f"this model's maximum context length is {max_len} tokens, but {total} were "
                              f"requested ({prompt_len} in the prompt, {params.max_tokens} in the completion)")
-        needed = -(-(prompt_len + (params.max_tokens or max_len - prompt_len)) // self.config.cache.block_size)
+        needed = self.pages_needed(prompt_len, params)
         if needed > self.block_manager.num_usable_blocks:
             raise ValueError(f"the request needs up to {needed} KV pages but the whole pool holds "
                              f"{self.block_manager.num_usable_blocks}: raise kv_cache_memory or lower max_tokens")

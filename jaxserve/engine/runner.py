@@ -56,9 +56,7 @@ class ModelRunner:
             raise ValueError(f"tensor_parallel_size={tp} needs {tp} devices, got {len(devices)}")
         self.mesh = make_mesh(devices)
         self._replicated = replicated(self.mesh)
-        if resolve_layer_loop(config.layer_loop, devices[0].platform) == "unrolled":
-            params = unstack_layers(params)
-        self.params = shard_params(params, self.mesh)
+        self.params = place_params(params, config, self.mesh)
         self.num_blocks = num_blocks
         self.cache: KVCache = allocate_kv_cache(config.model, num_blocks, self.block_size, config.kv_dtype,
                                                 sharding=cache_sharding(self.mesh))
@@ -71,6 +69,12 @@ class ModelRunner:
         self._seen_shapes: set[tuple] = set()
         self.warmed_up = self._warming_up = False
         self.num_compiles_after_warmup = 0
+        # Multi-host: the leader (process 0) broadcasts every step's inputs after warm-up; followers replay them.
+        self.channel = StepChannel() if jax.process_count() > 1 else None
+        self._last_send = 0.0  # when the leader last sent (keep-alives fill long idle gaps)
+        self._closed = False  # the followers were told to stop
+        if self.channel is not None and self.channel.is_leader:
+            atexit.register(self.close)
 
         attention_fn = get_attention_fn(config.attention_backend, model=config.model, block_size=self.block_size,
                                         kv_dtype=config.kv_dtype)
@@ -86,10 +90,6 @@ class ModelRunner:
         # Replicated results: the host reads them whole (on a multi-host leader, from its own devices).
         self._sample_step = jax.jit(_logits_and_sample, static_argnames=("variant",), out_shardings=self._replicated)
         self._prompt_logprobs_step = jax.jit(_prompt_logprobs, out_shardings=self._replicated)
-        # Multi-host: the leader (process 0) broadcasts every step's inputs after warm-up; followers replay them.
-        self.channel = StepChannel() if jax.process_count() > 1 else None
-        if self.channel is not None and self.channel.is_leader:
-            atexit.register(self.close)
         self._copy_pages = jax.jit(copy_pages, donate_argnames=("cache",), out_shardings=pages)
 
     # -- compilation bookkeeping ---------------------------------------------------------------------------------
@@ -172,7 +172,6 @@ class ModelRunner:
             outputs["prompt"] = self._prompt_logprobs_step(self.params, hidden, targets)
         return outputs
 
-
     # -- placement, results and multi-host ---------------------------------------------------------------------
 
     def _place(self, tree: Any) -> Any:
@@ -207,16 +206,24 @@ class ModelRunner:
     def keepalive(self) -> None:
         """On a multi-host leader that has been idle for KEEPALIVE_S: a no-op message, so followers never wait in
         one collective for longer than that (collective back-ends may time out on very long waits)."""
-        leading = self.channel is not None and self.channel.is_leader and not getattr(self, "_closed", False)
-        if leading and time.monotonic() - getattr(self, "_last_send", 0.0) > KEEPALIVE_S:
+        leading = self.channel is not None and self.channel.is_leader and not self._closed
+        if leading and time.monotonic() - self._last_send > KEEPALIVE_S:
             self.channel.send({"keepalive": True})
             self._last_send = time.monotonic()
 
     def close(self) -> None:
         """On a multi-host leader: tell the followers to stop (once)."""
-        if self.channel is not None and self.channel.is_leader and not getattr(self, "_closed", False):
+        if self.channel is not None and self.channel.is_leader and not self._closed:
             self._closed = True
             self.channel.send_stop()
+
+
+def place_params(params: dict[str, Any], config: EngineConfig, mesh: jax.sharding.Mesh) -> dict[str, Any]:
+    """`params` on `mesh`, each device receiving its slices; split per layer first when the layers run unrolled
+    (host params are split into views, so no device ever holds the stacked and the split copy). Idempotent."""
+    if resolve_layer_loop(config.layer_loop, mesh.devices.flat[0].platform) == "unrolled":
+        params = unstack_layers(params)
+    return shard_params(params, mesh)
 
 
 def _next_tokens(batch: ScheduledBatch, num_slots: int) -> np.ndarray:
