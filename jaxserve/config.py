@@ -144,6 +144,7 @@ def _hf_rope_scaling(cfg: dict[str, Any]) -> dict[str, Any] | None:
 
 
 LAYER_LOOPS = ("auto", "scan", "unrolled")
+MATMUL_BACKENDS = ("auto", "xla", "cpu")  # see jaxserve/model/cpu_weights.py
 
 
 def resolve_layer_loop(layer_loop: str, platform: str) -> str:
@@ -228,7 +229,8 @@ class EngineConfig:
     # Smallest token / sequence bucket. 1: a lone decoding sequence runs a 1-token step (default model on a 2-core
     # CPU: 30 ms per step against 61 ms padded to 8 tokens), for three more buckets to compile at start-up.
     min_bucket: int = 1
-    attention_backend: str = "auto"  # "auto" | "xla" | "pallas"
+    attention_backend: str = "auto"  # "auto" | "xla" | "pallas" | "cpu" (native CPU kernel)
+    matmul_backend: str = "auto"  # "auto" | "xla" | "cpu" (packed weights, native CPU kernel)
     quantization: str | None = None  # weight quantization scheme; None keeps the checkpoint's float weights
     quantization_group_size: int | None = None  # int4: 32 by default; int8: None = per output channel
     quantize_embedding: bool = True  # False keeps the embedding (and a tied LM head) in float
@@ -239,6 +241,8 @@ class EngineConfig:
         check_tensor_parallel_size(self.model, self.tensor_parallel_size)
         if self.layer_loop not in LAYER_LOOPS:
             raise ValueError(f"layer_loop must be one of {LAYER_LOOPS}, got {self.layer_loop!r}")
+        if self.matmul_backend not in MATMUL_BACKENDS:
+            raise ValueError(f"matmul_backend must be one of {MATMUL_BACKENDS}, got {self.matmul_backend!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
         if self.quantization is not None and self.quantization not in SUPPORTED_QUANTIZATION:

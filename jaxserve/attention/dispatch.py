@@ -2,7 +2,8 @@
 
 `attention_backend`: "xla" is the plain-jnp path (`attention/xla.py`); "pallas" runs the kernels of
 `pallas_kernels` (Mosaic on TPU, Triton on GPU, interpret mode on CPU, where it is slow and meant for tests);
-"auto" is pallas on TPU and GPU and xla on CPU. Both paths share one call signature.
+"cpu" runs the native kernel of `cpu_kernels` (XLA:CPU only; `attention/cpu.py`); "auto" is pallas on TPU and GPU,
+and cpu on CPU when the native kernels build here (else xla). All paths share one call signature.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from jaxserve.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "xla", "pallas")
+BACKENDS = ("auto", "xla", "pallas", "cpu")
 KERNEL_BACKEND = {"tpu": "tpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "cpu": "tpu"}
 
 
 def get_attention_fn(backend: str = "auto", *, model: ModelConfig | None = None, block_size: int | None = None,
                      kv_dtype: str | None = None, platform: str | None = None) -> Callable:
-    """The paged attention function for `backend` ("auto", "xla" or "pallas") on `platform` (default: JAX's).
+    """The paged attention function for `backend` ("auto", "xla", "pallas" or "cpu") on `platform` (default: JAX's).
 
     With `model`, `block_size` and `kv_dtype` given, the kernels' page-geometry constraints are checked here, at
     start-up: an explicit "pallas" raises ValueError saying what to change; "auto" logs the reason and uses xla.
@@ -33,7 +34,9 @@ def get_attention_fn(backend: str = "auto", *, model: ModelConfig | None = None,
     if backend not in BACKENDS:
         raise ValueError(f"attention_backend must be one of {BACKENDS}, got {backend!r}")
     platform = platform or jax.default_backend()
-    if backend == "xla" or (backend == "auto" and platform == "cpu"):
+    if backend == "cpu" or (backend == "auto" and platform == "cpu"):
+        return _cpu_attention(backend, model, platform)
+    if backend == "xla":
         return xla_paged_attention
     if platform not in KERNEL_BACKEND:
         if backend == "pallas":
@@ -60,3 +63,26 @@ def get_attention_fn(backend: str = "auto", *, model: ModelConfig | None = None,
     if platform == "cpu":
         logger.warning("attention_backend='pallas' on CPU runs the kernels in interpret mode (slow; for tests)")
     return make_pallas_attention(kernel_backend, interpret=platform == "cpu")
+
+
+def _cpu_attention(backend: str, model: ModelConfig | None, platform: str) -> Callable:
+    """The native CPU kernel, or (auto only) the XLA path with the reason logged."""
+    import cpu_kernels
+
+    reason = None
+    if platform != "cpu":
+        reason = f"the native kernels run on XLA:CPU only, not {platform!r}"
+    elif model is not None and model.head_dim % 8:
+        reason = f"the native kernel needs head_dim divisible by 8, got {model.head_dim}"
+    elif not cpu_kernels.available():
+        reason = f"the native CPU kernels are unavailable: {cpu_kernels.unavailable_reason()}"
+    elif backend == "auto" and not cpu_kernels.has_simd():
+        reason = "the native CPU kernels were built without AVX2/FMA (plain loops would be slower than XLA)"
+    if reason is None:
+        from jaxserve.attention.cpu import paged_attention
+
+        return paged_attention
+    if backend == "cpu":
+        raise ValueError(f"attention_backend='cpu': {reason}")
+    logger.info("attention_backend='auto': %s; using the XLA attention path", reason)
+    return xla_paged_attention

@@ -36,7 +36,8 @@ class EngineArgs:
     kv_cache_dtype: str = "auto"
     gpu_memory_utilization: float = DEFAULT_MEMORY_UTILIZATION  # share of accelerator memory for weights + KV
     enable_prefix_caching: bool = True
-    attention_backend: str = "auto"
+    attention_backend: str = "auto"  # "auto" | "xla" | "pallas" | "cpu"
+    matmul_backend: str = "auto"  # "auto" | "xla" | "cpu": packed weights through the native CPU kernel
     quantization: str | None = None  # "int8" | "int4": quantize the weights at load (see jaxserve.quant)
     quantization_group_size: int | None = None  # int4: 32 (default), 64, 128; int8: None = per output channel
     quantize_embedding: bool = True  # False keeps the embedding (and a tied LM head) in float
@@ -111,7 +112,8 @@ def load_model(args: EngineArgs) -> tuple[Any, Any, EngineConfig]:
         scheduler=SchedulerConfig(max_model_len=args.max_model_len or loaded.config.max_position_embeddings,
                                   max_num_seqs=args.max_num_seqs,
                                   max_num_batched_tokens=args.max_num_batched_tokens),
-        dtype=dtype, seed=args.seed, attention_backend=args.attention_backend, quantization=args.quantization,
+        dtype=dtype, seed=args.seed, attention_backend=args.attention_backend,
+        matmul_backend=args.matmul_backend, quantization=args.quantization,
         quantization_group_size=args.quantization_group_size, quantize_embedding=args.quantize_embedding,
         tensor_parallel_size=args.tensor_parallel_size, layer_loop=args.layer_loop,
         compile_all_buckets=args.compile_all_buckets,

@@ -29,6 +29,7 @@ from jaxserve.engine.sampler import VARIANTS, SamplingTensors, sample
 from jaxserve.engine.scheduler import ScheduledBatch
 from jaxserve.engine.step_inputs import StepInputs, build_step_inputs
 from jaxserve.kv_cache import KVCache, allocate_kv_cache
+from jaxserve.model.cpu_weights import pack_params, resolve_matmul_backend
 from jaxserve.model.llama import compute_logits, forward, unstack_layers
 from jaxserve.parallel.mesh import device_groups, make_mesh, replicated
 from jaxserve.parallel.multihost import StepChannel, follower_loop
@@ -220,9 +221,13 @@ class ModelRunner:
 
 def place_params(params: dict[str, Any], config: EngineConfig, mesh: jax.sharding.Mesh) -> dict[str, Any]:
     """`params` on `mesh`, each device receiving its slices; split per layer first when the layers run unrolled
-    (host params are split into views, so no device ever holds the stacked and the split copy). Idempotent."""
-    if resolve_layer_loop(config.layer_loop, mesh.devices.flat[0].platform) == "unrolled":
+    (host params are split into views, so no device ever holds the stacked and the split copy), and with the
+    matmul weights repacked for the native CPU kernels when `matmul_backend` resolves to "cpu". Idempotent."""
+    platform = mesh.devices.flat[0].platform
+    if resolve_layer_loop(config.layer_loop, platform) == "unrolled":
         params = unstack_layers(params)
+    if resolve_matmul_backend(config.matmul_backend, platform, mesh.size, jax.process_count()) == "cpu":
+        return jax.device_put(pack_params(params), replicated(mesh))
     return shard_params(params, mesh)
 
 

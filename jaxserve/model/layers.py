@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import cpu_kernels
+from cpu_kernels import PackedWeight
 from jaxserve.quant import QuantizedTensor, is_quantized, quantized_lookup, quantized_matmul
 
 
@@ -23,12 +25,16 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return weight * normed.astype(x.dtype)
 
 
-def linear(x: jax.Array, w: jax.Array | QuantizedTensor, b: jax.Array | None = None) -> jax.Array:
-    """`x @ w (+ b)` with float32 accumulation; the result has x's dtype. `w` may be a QuantizedTensor.
+def linear(x: jax.Array, w: jax.Array | QuantizedTensor | PackedWeight, b: jax.Array | None = None) -> jax.Array:
+    """`x @ w (+ b)` with float32 accumulation; the result has x's dtype. `w` may be a QuantizedTensor, or a
+    PackedWeight (run by the native CPU kernel; see `model/cpu_weights.py`).
 
     Accumulating in float32 is also the fast path on CPU: a bf16 x bf16 -> bf16 dot is lowered to float32 copies.
     """
-    if is_quantized(w):
+    if isinstance(w, PackedWeight):
+        lead = x.shape[:-1]
+        y = cpu_kernels.matmul(x.reshape(-1, x.shape[-1]), w).reshape(*lead, w.n)
+    elif is_quantized(w):
         y = quantized_matmul(x, w)
     else:
         y = jnp.dot(x, w, preferred_element_type=jnp.float32)
@@ -37,8 +43,11 @@ def linear(x: jax.Array, w: jax.Array | QuantizedTensor, b: jax.Array | None = N
     return y.astype(x.dtype)
 
 
-def embed_lookup(table: jax.Array | QuantizedTensor, tokens: jax.Array) -> jax.Array:
-    """Rows `tokens` of the embedding table (dequantized, in the model's float dtype, when it is quantized)."""
+def embed_lookup(table: jax.Array | QuantizedTensor | PackedWeight, tokens: jax.Array) -> jax.Array:
+    """Rows `tokens` of the embedding table (dequantized, in the model's float dtype, when it is quantized; a
+    PackedWeight is a tied table stored as the LM head, whose columns are the rows)."""
+    if isinstance(table, PackedWeight):
+        return cpu_kernels.packed_rows(table, tokens).astype(table.dtype)
     return quantized_lookup(table, tokens) if is_quantized(table) else table[tokens]
 
 

@@ -13,6 +13,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+import cpu_kernels
+from cpu_kernels import PackedWeight
 from jaxserve.attention.metadata import AttentionMetadata
 from jaxserve.attention.xla import paged_attention
 from jaxserve.config import ModelConfig
@@ -71,8 +73,17 @@ def forward(
         for index, lp in enumerate(params["layers"]):
             (x, cache), _ = layer((x, cache), (lp, jnp.int32(index)))
     else:
+        # Packed weights (native CPU kernels) stay whole and are indexed by the kernel; the rest is sliced by scan.
+        layers = params["layers"]
+        packed = {name: w for name, w in layers.items() if isinstance(w, PackedWeight)}
+        sliced = {name: w for name, w in layers.items() if name not in packed}
+
+        def packed_layer(carry, inputs):
+            lp, index = inputs
+            return layer(carry, ({**lp, **{name: w.at_layer(index) for name, w in packed.items()}}, index))
+
         layer_ids = jnp.arange(config.num_layers, dtype=jnp.int32)
-        (x, cache), _ = jax.lax.scan(layer, (x, cache), (params["layers"], layer_ids))
+        (x, cache), _ = jax.lax.scan(packed_layer if packed else layer, (x, cache), (sliced, layer_ids))
     return rms_norm(x, params["final_norm"], config.rms_norm_eps), cache
 
 
@@ -96,6 +107,8 @@ def unstack_layers(params: Params) -> Params:
 def compute_logits(params: Params, hidden: jax.Array) -> jax.Array:
     """float32 logits `[rows, vocab]` from final hidden states (tied embeddings when there is no `lm_head`)."""
     head = params.get("lm_head", params["embed"])
+    if isinstance(head, PackedWeight):  # packed for the native CPU kernel (a tied embedding included)
+        return cpu_kernels.matmul(hidden, head)
     if is_quantized(head):  # an out-first (tied) embedding contracts its hidden axis, like the branch below
         return quantized_matmul(hidden, head)
     if "lm_head" in params:

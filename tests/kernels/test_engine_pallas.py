@@ -59,7 +59,15 @@ def test_pallas_engine_matches_xla_greedy(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_dispatch_choices() -> None:
-    assert dispatch.get_attention_fn("auto", platform="cpu") is xla_paged_attention
+    import cpu_kernels
+    from jaxserve.attention.cpu import paged_attention as cpu_paged_attention
+
+    native = cpu_kernels.available() and cpu_kernels.has_simd()
+    assert dispatch.get_attention_fn("auto", platform="cpu") is (cpu_paged_attention if native else
+                                                                  xla_paged_attention)
+    assert dispatch.get_attention_fn("xla", platform="cpu") is xla_paged_attention
+    with pytest.raises(ValueError, match="XLA:CPU only"):
+        dispatch.get_attention_fn("cpu", platform="tpu")
     assert dispatch.get_attention_fn("xla", platform="tpu") is xla_paged_attention
     assert dispatch.get_attention_fn("pallas", platform="cpu") is not xla_paged_attention
     assert dispatch.get_attention_fn("auto", model=TINY_GQA, block_size=16, kv_dtype="bfloat16",

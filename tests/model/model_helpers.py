@@ -57,11 +57,13 @@ def hf_greedy(model: torch.nn.Module, tokens: list[int], max_new_tokens: int) ->
 
 
 def paged_prompt_logits(loaded: Any, tokens: list[int], chunks: list[int] | None = None,
-                        block_size: int = 16, kv_dtype: str = "float32", unrolled: bool = False) -> np.ndarray:
+                        block_size: int = 16, kv_dtype: str = "float32", unrolled: bool = False,
+                        backend: str = "xla") -> np.ndarray:
     """Logits [T, V] from `jaxserve.model.llama.forward` over a fresh paged KV cache of `kv_dtype`.
 
     `chunks` lists chunk lengths (default: the whole prompt at once); later chunks read earlier ones from pages
     (int8 pages dequantized). `unrolled` runs per-layer weights in an unrolled loop instead of the scan.
+    `backend` "cpu" packs the weights for the native CPU kernels and runs their matmuls and attention.
     Pages are handed out in reverse order so a table/slot mix-up cannot pass by accident.
     """
     import jax
@@ -72,14 +74,19 @@ def paged_prompt_logits(loaded: Any, tokens: list[int], chunks: list[int] | None
     from jaxserve.kv_cache import allocate_kv_cache
     from jaxserve.model.llama import compute_logits, forward, unstack_layers
 
+    from jaxserve.attention.dispatch import get_attention_fn
+    from jaxserve.model.cpu_weights import pack_params
+
     cfg = loaded.config
-    params = jax.device_put(unstack_layers(loaded.params) if unrolled else loaded.params)
+    params = unstack_layers(loaded.params) if unrolled else loaded.params
+    params = jax.device_put(pack_params(params) if backend == "cpu" else params)
     num_pages = -(-len(tokens) // block_size)
     cache = allocate_kv_cache(cfg, num_pages + 3, block_size, kv_dtype)
     chunk = context_chunk_blocks(block_size)
     table = np.zeros((1, -(-num_pages // chunk) * chunk), np.int32)
     table[0, :num_pages] = np.arange(num_pages + 2, 2, -1)
-    step = jax.jit(functools.partial(forward, config=cfg), donate_argnames=("cache",))
+    attention = get_attention_fn(backend, platform="cpu")
+    step = jax.jit(functools.partial(forward, config=cfg, attention_fn=attention), donate_argnames=("cache",))
     logits_fn = jax.jit(compute_logits)
     out, start = [], 0
     for n in chunks or [len(tokens)]:

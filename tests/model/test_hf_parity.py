@@ -49,7 +49,9 @@ def test_loaded_config_matches_the_architecture(case):
         assert cfg.num_kv_heads == 1
 
 
-def test_prompt_logits_match_transformers(case):
+@pytest.mark.parametrize("backend", ["xla", "cpu"])
+def test_prompt_logits_match_transformers(case, backend):
+    """Both matmul + attention paths: XLA, and the native CPU kernels over packed weights."""
     name, directory, model = case
     loaded = load_checkpoint(directory, dtype="float32", progress=False)
     if name == "llama3_tied_headdim":
@@ -59,13 +61,13 @@ def test_prompt_logits_match_transformers(case):
     prompt = _prompt(1)
     ref = hf_logits(model, prompt)
     assert ref.std(axis=-1).min() > 0.3, "reference logits are too flat to test anything"
-    whole = paged_prompt_logits(loaded, prompt)
+    whole = paged_prompt_logits(loaded, prompt, backend=backend)
     np.testing.assert_allclose(whole, ref, atol=ATOL, rtol=0)
     # The same prompt in two chunks (not page-aligned): later chunks read the earlier tokens' K/V from the pages.
-    chunked = paged_prompt_logits(loaded, prompt, chunks=[17, 23])
+    chunked = paged_prompt_logits(loaded, prompt, chunks=[17, 23], backend=backend)
     np.testing.assert_allclose(chunked, ref, atol=ATOL, rtol=0)
-    # Per-layer weights in an unrolled loop (the CPU default of the engine) compute the same thing.
-    unrolled = paged_prompt_logits(loaded, prompt, chunks=[17, 23], unrolled=True)
+    # Per-layer weights in an unrolled loop (opt-in with layer_loop="unrolled") compute the same thing.
+    unrolled = paged_prompt_logits(loaded, prompt, chunks=[17, 23], unrolled=True, backend=backend)
     np.testing.assert_allclose(unrolled, ref, atol=ATOL, rtol=0)
 
 
@@ -98,8 +100,9 @@ def test_long_context_matches_transformers(tiny_hf, name, block_size):
     directory, model = tiny_hf(name, arch, **overrides)
     prompt = _prompt(6, n=280)
     loaded = load_checkpoint(directory, dtype="float32", progress=False)
-    logits = paged_prompt_logits(loaded, prompt, chunks=[264, 16], block_size=block_size)
-    np.testing.assert_allclose(logits[-16:], hf_logits(model, prompt)[-16:], atol=ATOL, rtol=0)
+    for backend in ("xla", "cpu"):
+        logits = paged_prompt_logits(loaded, prompt, chunks=[264, 16], block_size=block_size, backend=backend)
+        np.testing.assert_allclose(logits[-16:], hf_logits(model, prompt)[-16:], atol=ATOL, rtol=0)
     llm = LLM(str(directory), skip_tokenizer_init=True, dtype="float32", max_model_len=320, max_num_seqs=4,
               max_num_batched_tokens=128, block_size=block_size, compile_all_buckets=False, progress=False)
     out = llm.generate({"prompt_token_ids": prompt}, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True),

@@ -53,6 +53,20 @@ def test_quantized_logits_are_close_to_float32(tiny, config, tolerance):
     assert rms_rel(chunked, logits) <= 0.02
 
 
+@pytest.mark.parametrize("config", [QuantConfig("int8"), QuantConfig("int8", 32), QuantConfig("int4", 32)])
+@pytest.mark.parametrize("kv_dtype", ["float32", "int8"])
+def test_native_cpu_kernels_compute_the_same_quantized_model(tiny, config, kv_dtype):
+    """Packed weights through the native CPU kernels give the XLA path's logits (one dequantized model, computed
+    two ways: float32 accumulation in both, the XLA path's bfloat16 operands above 16 rows aside)."""
+    path, _, _ = tiny
+    quantized = load_checkpoint(path, progress=False, quantization=config)
+    for chunks in (None, [4] * 10):
+        xla = prompt_logits(quantized.config, quantized.params, TOKENS, kv_dtype=kv_dtype, chunks=chunks)
+        native = prompt_logits(quantized.config, quantized.params, TOKENS, kv_dtype=kv_dtype, chunks=chunks,
+                               backend="cpu")
+        assert rms_rel(native, xla) <= (1e-4 if chunks else 0.02)
+
+
 def test_embeddings_can_stay_float(tiny):
     path, loaded, ref = tiny
     quantized = load_checkpoint(path, progress=False, quantization=QuantConfig("int8", quantize_embedding=False))

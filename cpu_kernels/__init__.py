@@ -1,0 +1,40 @@
+"""Native CPU kernels for XLA:CPU, called through jax.ffi: weight matmuls and paged attention.
+
+Like `pallas_kernels`, they know nothing of models: plain arrays in, arrays out, each with a jnp reference of the
+same signature. They are C++ (AVX2 + FMA on x86-64) compiled on first use and cached (`build.py`); `available()`
+says whether this machine can build them, and `unavailable_reason()` why not.
+"""
+
+from __future__ import annotations
+
+from .attention import paged_attention, paged_attention_reference
+from .build import BuildError, load
+from .matmul import matmul, matmul_reference
+from .packing import PackedWeight, pack, packed_rows, unpack
+
+
+def available() -> bool:
+    """Whether the kernels are (or can be) built and registered here."""
+    try:
+        load()
+    except BuildError:
+        return False
+    return True
+
+
+def unavailable_reason() -> str | None:
+    """Why `available()` is False (None when it is True)."""
+    try:
+        load()
+    except BuildError as err:
+        return str(err)
+    return None
+
+
+def has_simd() -> bool:
+    """Whether the library was built with AVX2 + FMA + F16C (without, it runs plain loops: correct but slow)."""
+    return bool(load().cpuk_simd())
+
+
+__all__ = ["BuildError", "PackedWeight", "available", "has_simd", "load", "matmul", "matmul_reference", "pack",
+           "packed_rows", "paged_attention", "paged_attention_reference", "unavailable_reason", "unpack"]

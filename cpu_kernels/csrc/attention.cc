@@ -1,0 +1,262 @@
+// Paged attention for packed queries (prefill chunks, decode tokens, or both in one step), read from the pages in
+// place through the block tables: no gathered copy of K/V is ever made.
+//
+// Token t of sequence s at position p attends to keys [lo, p] of s (lo = p - window + 1 with a sliding window):
+// keys below s's context length come from its pages ([L, Hkv, blocks, block_size, D], float32, bfloat16 bits or
+// int8 with per-token scales [L, Hkv, blocks, block_size]); later keys are this step's own new K/V rows, exact.
+// One work item is a (token, KV head) pair: the G query heads that share the KV head read each key once.
+// The softmax is online (running max and normaliser), over blocks of up to 16 keys.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "parallel.h"
+#include "simd.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace cpuk {
+namespace {
+
+enum class KvFmt { kF32, kBF16, kI8 };
+
+constexpr int kBlock = 16;  // keys per softmax update
+
+struct Problem {
+  const float* q;      // [T, Hq, D], pre-scaled copy is made per item
+  const float* k_new;  // [T, Hkv, D]
+  const float* v_new;
+  const uint8_t* k_pages;  // this layer: [Hkv, NB, B, D]
+  const uint8_t* v_pages;
+  const float* k_scale;  // this layer: [Hkv, NB, B] (int8 pages only)
+  const float* v_scale;
+  const int32_t* block_tables;  // [S, W]
+  const int32_t* context_lens;  // [S]
+  const int32_t* query_start;   // [S + 1]
+  const int32_t* token_seq;     // [T]
+  const int32_t* positions;     // [T]
+  float* out;                   // [T, Hq, D]
+  int64_t num_tokens, valid_tokens, hq, hkv, d, nb, bs, num_seqs, width;
+  float scale;
+  int64_t window;
+  KvFmt fmt;
+};
+
+// One key (or value) row as floats: page rows are decoded into `buf`, float32 rows are used in place.
+inline const float* row_f32(const Problem& pb, const uint8_t* base, int64_t elem, float* buf) {
+  switch (pb.fmt) {
+    case KvFmt::kF32: return reinterpret_cast<const float*>(base) + elem;
+    case KvFmt::kBF16: {
+      const uint16_t* p = reinterpret_cast<const uint16_t*>(base) + elem;
+      for (int64_t c = 0; c < pb.d; c += 8) storef(buf + c, load_bf16(p + c));
+      return buf;
+    }
+    case KvFmt::kI8: {
+      const int8_t* p = reinterpret_cast<const int8_t*>(base) + elem;
+      for (int64_t c = 0; c < pb.d; c += 8) storef(buf + c, load_i8(p + c));
+      return buf;
+    }
+  }
+  return nullptr;
+}
+
+inline float dot(const float* a, const float* b, int64_t d) {
+  V8 s0 = zero(), s1 = zero();
+  int64_t c = 0;
+  for (; c + 16 <= d; c += 16) {
+    s0 = fmadd(loadf(a + c), loadf(b + c), s0);
+    s1 = fmadd(loadf(a + c + 8), loadf(b + c + 8), s1);
+  }
+  if (c < d) s0 = fmadd(loadf(a + c), loadf(b + c), s0);
+  return hsum(add(s0, s1));
+}
+
+inline void axpy(float alpha, const float* x, float* y, int64_t d) {
+  const V8 a = splat(alpha);
+  for (int64_t c = 0; c < d; c += 8) storef(y + c, fmadd(a, loadf(x + c), loadf(y + c)));
+}
+
+inline void scale_row(float alpha, float* y, int64_t d) {
+  const V8 a = splat(alpha);
+  for (int64_t c = 0; c < d; c += 8) storef(y + c, mul(a, loadf(y + c)));
+}
+
+// Scratch per item: scaled queries [G, D], accumulators [G, D], decoded K and V rows [D] each.
+struct Item {
+  const Problem& pb;
+  int64_t g;       // query heads per KV head
+  float* qs;       // [G, D]
+  float* acc;      // [G, D]
+  float* kbuf;     // [D]
+  float* vbuf;     // [D]
+  float m[64], l[64];  // running max and normaliser per query head (G <= 64, checked)
+
+  // Keys of a block: pointers to their (page or new) rows plus their int8 scales (1 for float rows).
+  struct Key { const uint8_t* kbase; const uint8_t* vbase; int64_t elem; float ks, vs; bool is_new; };
+
+  void attend(const Key* keys, int n) {
+    const int64_t d = pb.d;
+    alignas(32) float sc[64][kBlock];
+    for (int j = 0; j < n; ++j) {
+      const Key& key = keys[j];
+      const float* kr = key.is_new ? reinterpret_cast<const float*>(key.kbase) + key.elem
+                                   : row_f32(pb, key.kbase, key.elem, kbuf);
+      for (int64_t h = 0; h < g; ++h) sc[h][j] = dot(qs + h * d, kr, d) * key.ks;
+    }
+    for (int64_t h = 0; h < g; ++h) {
+      for (int j = n; j < kBlock; ++j) sc[h][j] = -std::numeric_limits<float>::infinity();
+      float mx = m[h];
+      for (int j = 0; j < n; ++j) mx = std::max(mx, sc[h][j]);
+      const float correction = std::isinf(m[h]) ? 0.0f : std::exp(m[h] - mx);
+      const V8 mv = splat(mx);
+      const V8 p0 = vexp(sub(loadf(sc[h]), mv)), p1 = vexp(sub(loadf(sc[h] + 8), mv));
+      storef(sc[h], p0);
+      storef(sc[h] + 8, p1);
+      l[h] = l[h] * correction + hsum(add(p0, p1));
+      if (correction != 1.0f) scale_row(correction, acc + h * d, d);
+      m[h] = mx;
+    }
+    for (int j = 0; j < n; ++j) {
+      const Key& key = keys[j];
+      const float* vr = key.is_new ? reinterpret_cast<const float*>(key.vbase) + key.elem
+                                   : row_f32(pb, key.vbase, key.elem, vbuf);
+      for (int64_t h = 0; h < g; ++h) axpy(sc[h][j] * key.vs, vr, acc + h * d, d);
+    }
+  }
+};
+
+void run_item(const Problem& pb, int64_t t, int64_t kvh, std::vector<float>& scratch) {
+  const int64_t d = pb.d, g = pb.hq / pb.hkv;
+  float* out = pb.out + (t * pb.hq + kvh * g) * d;
+  if (t >= pb.valid_tokens) {
+    std::fill(out, out + g * d, 0.0f);
+    return;
+  }
+  scratch.resize(2 * g * d + 2 * d);
+  Item it{pb, g, scratch.data(), scratch.data() + g * d, scratch.data() + 2 * g * d, scratch.data() + 2 * g * d + d};
+  const float* q = pb.q + (t * pb.hq + kvh * g) * d;
+  for (int64_t i = 0; i < g * d; ++i) it.qs[i] = q[i] * pb.scale;
+  std::fill(it.acc, it.acc + g * d, 0.0f);
+  for (int64_t h = 0; h < g; ++h) it.m[h] = -std::numeric_limits<float>::infinity(), it.l[h] = 0.0f;
+
+  const int64_t s = pb.token_seq[t];
+  if (s < 0 || s >= pb.num_seqs) {
+    std::fill(out, out + g * d, 0.0f);
+    return;
+  }
+  const int64_t pos = pb.positions[t], ctx = pb.context_lens[s], qstart = pb.query_start[s];
+  const int64_t lo = pb.window > 0 ? std::max<int64_t>(0, pos - pb.window + 1) : 0;
+  const int32_t* table = pb.block_tables + s * pb.width;
+  const bool int8 = pb.fmt == KvFmt::kI8;
+  Item::Key keys[kBlock];
+  int n = 0;
+  for (int64_t j = lo; j <= pos; ++j) {
+    Item::Key& key = keys[n];
+    if (j < ctx) {
+      const int64_t slot = j / pb.bs;
+      int64_t page = slot < pb.width ? table[slot] : 0;
+      if (page < 0 || page >= pb.nb) page = 0;  // never read outside the pool, whatever the table says
+      const int64_t row = (kvh * pb.nb + page) * pb.bs + j % pb.bs;
+      key = {pb.k_pages, pb.v_pages, row * d, int8 ? pb.k_scale[row] : 1.0f, int8 ? pb.v_scale[row] : 1.0f,
+             false};
+    } else {
+      const int64_t r = qstart + (j - ctx);
+      if (r < 0 || r >= pb.num_tokens) continue;
+      const int64_t elem = (r * pb.hkv + kvh) * d;
+      key = {reinterpret_cast<const uint8_t*>(pb.k_new), reinterpret_cast<const uint8_t*>(pb.v_new), elem, 1.0f,
+             1.0f, true};
+    }
+    if (++n == kBlock) it.attend(keys, n), n = 0;
+  }
+  if (n) it.attend(keys, n);
+  for (int64_t h = 0; h < g; ++h) {
+    const float inv = it.l[h] > 0 ? 1.0f / it.l[h] : 0.0f;
+    for (int64_t c = 0; c < d; ++c) out[h * d + c] = it.acc[h * d + c] * inv;
+  }
+}
+
+ffi::Error AttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k_new,
+                         ffi::Buffer<ffi::F32> v_new, ffi::AnyBuffer k_pages, ffi::AnyBuffer v_pages,
+                         ffi::Buffer<ffi::F32> k_scale, ffi::Buffer<ffi::F32> v_scale, ffi::Buffer<ffi::S32> layer,
+                         ffi::Buffer<ffi::S32> block_tables, ffi::Buffer<ffi::S32> context_lens,
+                         ffi::Buffer<ffi::S32> query_start_loc, ffi::Buffer<ffi::S32> token_seq,
+                         ffi::Buffer<ffi::S32> positions, ffi::Buffer<ffi::S32> num_tokens,
+                         ffi::ResultBuffer<ffi::F32> out, float scale, int64_t sliding_window) {
+  const auto qd = q.dimensions(), pd = k_pages.dimensions(), bd = block_tables.dimensions();
+  if (qd.size() != 3 || pd.size() != 5 || bd.size() != 2)
+    return ffi::Error::InvalidArgument("paged_attention: q [T, Hq, D], pages [L, Hkv, NB, B, D], tables [S, W]");
+  Problem pb{};
+  pb.num_tokens = qd[0], pb.hq = qd[1], pb.d = qd[2];
+  const int64_t num_layers = pd[0];
+  pb.hkv = pd[1], pb.nb = pd[2], pb.bs = pd[3];
+  pb.num_seqs = bd[0], pb.width = bd[1];
+  if (pd[4] != pb.d || pb.d % 8 || pb.hkv <= 0 || pb.hq % pb.hkv || pb.hq / pb.hkv > 64)
+    return ffi::Error::InvalidArgument("paged_attention: head_dim must be a multiple of 8 and match the pages; "
+                                       "query heads a multiple of KV heads (at most 64 per KV head)");
+  if (k_new.dimensions()[0] != pb.num_tokens || k_new.dimensions()[1] != pb.hkv ||
+      context_lens.dimensions()[0] != pb.num_seqs || query_start_loc.dimensions()[0] != pb.num_seqs + 1 ||
+      token_seq.dimensions()[0] != pb.num_tokens || positions.dimensions()[0] != pb.num_tokens ||
+      v_pages.element_count() != k_pages.element_count() || v_pages.element_type() != k_pages.element_type())
+    return ffi::Error::InvalidArgument("paged_attention: metadata shapes disagree");
+  const auto et = k_pages.element_type();
+  if (et == ffi::DataType::F32) pb.fmt = KvFmt::kF32;
+  else if (et == ffi::DataType::U16 || et == ffi::DataType::BF16) pb.fmt = KvFmt::kBF16;
+  else if (et == ffi::DataType::S8) pb.fmt = KvFmt::kI8;
+  else return ffi::Error::InvalidArgument("paged_attention: pages must be float32, bfloat16 (or uint16) or int8");
+  const int32_t li = *layer.typed_data();
+  if (li < 0 || li >= num_layers) return ffi::Error::InvalidArgument("paged_attention: layer out of range");
+  const int64_t layer_elems = pb.hkv * pb.nb * pb.bs * pb.d;
+  const int64_t width = ffi::ByteWidth(et);
+  pb.k_pages = static_cast<const uint8_t*>(k_pages.untyped_data()) + li * layer_elems * width;
+  pb.v_pages = static_cast<const uint8_t*>(v_pages.untyped_data()) + li * layer_elems * width;
+  if (pb.fmt == KvFmt::kI8) {
+    if ((int64_t)k_scale.element_count() != num_layers * pb.hkv * pb.nb * pb.bs ||
+        v_scale.element_count() != k_scale.element_count())
+      return ffi::Error::InvalidArgument("paged_attention: int8 pages need scales [L, Hkv, NB, B]");
+    pb.k_scale = k_scale.typed_data() + li * pb.hkv * pb.nb * pb.bs;
+    pb.v_scale = v_scale.typed_data() + li * pb.hkv * pb.nb * pb.bs;
+  }
+  pb.q = q.typed_data(), pb.k_new = k_new.typed_data(), pb.v_new = v_new.typed_data();
+  pb.block_tables = block_tables.typed_data(), pb.context_lens = context_lens.typed_data();
+  pb.query_start = query_start_loc.typed_data(), pb.token_seq = token_seq.typed_data();
+  pb.positions = positions.typed_data(), pb.out = out->typed_data();
+  pb.valid_tokens = std::min<int64_t>(*num_tokens.typed_data(), pb.num_tokens);
+  pb.scale = scale, pb.window = sliding_window;
+
+  const int64_t items = pb.num_tokens * pb.hkv;
+  const int64_t threads = std::max<int64_t>(pool.num_threads(), 1);
+  const int64_t chunks = std::min<int64_t>(items, 8 * threads);
+  parallel_for(pool, chunks, [&](int64_t c) {
+    std::vector<float> scratch;
+    for (int64_t i = items * c / chunks; i < items * (c + 1) / chunks; ++i)
+      run_item(pb, i / pb.hkv, i % pb.hkv, scratch);
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+}  // namespace cpuk
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(cpuk_paged_attention, cpuk::AttentionImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // q
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // k_new
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // v_new
+                                  .Arg<ffi::AnyBuffer>()          // k_pages
+                                  .Arg<ffi::AnyBuffer>()          // v_pages
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // k_scale
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // v_scale
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // layer
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // block_tables
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // context_lens
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // query_start_loc
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // token_seq
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // positions
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // num_tokens
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale")
+                                  .Attr<int64_t>("sliding_window"));

@@ -1,0 +1,313 @@
+// y = x @ W for float32, int8 and 4-bit weights in the packed tile layout of cpu_kernels/packing.py, dequantized
+// in registers: a quantized weight is read once, at its stored size, as one sequential stream per thread.
+//
+//   values  [L, T, K, C]   T tiles of 32 output channels; C = 32 values per row (float32 / int8), or 16 bytes for
+//                          4 bits, byte b holding channel b (low nibble) and channel b + 16 (high nibble)
+//   scales  [L, G, 32 T]   float32 or float16, G groups along K (absent for float32 weights)
+//   offsets [L, G, 32 T]   like scales, or absent (symmetric)
+//   y       [M, 32 T]
+// The layer axis L is indexed by the `layer` operand, so a layer scan reads the stacked weights in place.
+// Small M runs a fused loop (decode a row of the tile, multiply-add it into every row of x); large M first
+// dequantizes a whole tile into a thread-local float buffer and then runs a register-blocked float kernel on it.
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "parallel.h"
+#include "simd.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace cpuk {
+namespace {
+
+enum class Fmt { kF32, kI8, kU4, kI4 };
+
+constexpr int kTile = 32;          // output channels per tile
+constexpr int64_t kFusedRows = 8;  // below this many rows of x, the fused loop; from it, decode-then-multiply
+
+struct Weight {
+  const uint8_t* values;  // this layer's tiles
+  int64_t k, n, tiles;    // n = 32 * tiles (padded channels)
+  const void* scales;     // this layer's [G, n], null for float weights
+  const void* offsets;    // null when symmetric
+  bool f16;
+  int64_t groups;
+};
+
+constexpr int64_t row_bytes(Fmt f) { return f == Fmt::kF32 ? 4 * kTile : (f == Fmt::kI8 ? kTile : kTile / 2); }
+
+inline const uint8_t* tile_row(const Weight& w, Fmt f, int64_t tile, int64_t kk) {
+  return w.values + (tile * w.k + kk) * row_bytes(f);
+}
+
+inline V8 vec_at(const void* p, int64_t i, bool f16) {
+  return f16 ? load_f16(static_cast<const uint16_t*>(p) + i) : loadf(static_cast<const float*>(p) + i);
+}
+
+// Vector v (0..3) of a tile row covers channels [8 v, 8 v + 8) of the tile. Sub-tile `sub` of width TW vectors
+// (TW = 2: sub 0 = vectors {0, 1}, sub 1 = {2, 3}; TW = 4: all) decodes into v[0..TW).
+template <Fmt F, int TW>
+inline void decode(const uint8_t* row, int sub, V8 (&v)[TW]) {
+  if constexpr (F == Fmt::kF32) {
+    for (int i = 0; i < TW; ++i) v[i] = loadf(reinterpret_cast<const float*>(row) + 8 * (sub * TW + i));
+  } else if constexpr (F == Fmt::kI8) {
+    for (int i = 0; i < TW; ++i) v[i] = load_i8(reinterpret_cast<const int8_t*>(row) + 8 * (sub * TW + i));
+  } else {
+    // Bytes [8 j, 8 j + 8) hold channels 8 j.. (low) and 16 + 8 j.. (high): vectors j and j + 2.
+    V8 lo[2], hi[2];
+    const int first = TW == 4 ? 0 : sub, count = TW == 4 ? 2 : 1;
+    for (int j = 0; j < count; ++j) {
+      if constexpr (F == Fmt::kU4) load_u4(row + 8 * (first + j), lo[j], hi[j]);
+      else load_i4(reinterpret_cast<const int8_t*>(row) + 8 * (first + j), lo[j], hi[j]);
+    }
+    if constexpr (TW == 4) v[0] = lo[0], v[1] = lo[1], v[2] = hi[0], v[3] = hi[1];
+    else v[0] = lo[0], v[1] = hi[0];
+  }
+}
+
+// The tile channel (0..31) of vector i of sub-tile `sub`.
+template <Fmt F, int TW>
+inline int channel(int sub, int i) {
+  if constexpr (F == Fmt::kU4 || F == Fmt::kI4) {
+    if constexpr (TW == 4) return i < 2 ? 8 * i : 16 + 8 * (i - 2);
+    return i == 0 ? 8 * sub : 16 + 8 * sub;
+  }
+  return 8 * (sub * TW + i);
+}
+
+// ---- small M: fused ----
+
+// R rows of x times one sub-tile. Grouped weights keep partial sums per group and fold in the group's scale (and
+// offset times the group's sum of x) at the group's end: one multiply per group instead of one per weight.
+template <Fmt F, int R, int TW, bool kGrouped>
+void fused(const Weight& w, const float* x, const float* xsum, float* y, int64_t tile, int sub) {
+  int64_t ch[TW];
+  for (int i = 0; i < TW; ++i) ch[i] = tile * kTile + channel<F, TW>(sub, i);
+  V8 acc[R][TW];
+  for (auto& row : acc) for (auto& a : row) a = zero();
+  const int64_t gs = kGrouped ? w.k / w.groups : w.k;
+  for (int64_t g = 0; g < (kGrouped ? w.groups : 1); ++g) {
+    V8 part[R][TW];
+    for (auto& row : part) for (auto& a : row) a = zero();
+    for (int64_t kk = g * gs; kk < (g + 1) * gs; ++kk) {
+      V8 v[TW];
+      decode<F, TW>(tile_row(w, F, tile, kk), sub, v);
+      for (int r = 0; r < R; ++r) {
+        const V8 xb = splat(x[r * w.k + kk]);
+        for (int i = 0; i < TW; ++i) part[r][i] = fmadd(xb, v[i], part[r][i]);
+      }
+    }
+    if constexpr (kGrouped) {
+      for (int i = 0; i < TW; ++i) {
+        const V8 s = vec_at(w.scales, g * w.n + ch[i], w.f16);
+        for (int r = 0; r < R; ++r) acc[r][i] = fmadd(part[r][i], s, acc[r][i]);
+        if (w.offsets != nullptr) {
+          const V8 o = vec_at(w.offsets, g * w.n + ch[i], w.f16);
+          for (int r = 0; r < R; ++r) acc[r][i] = fmadd(splat(xsum[r * w.groups + g]), o, acc[r][i]);
+        }
+      }
+    } else {
+      for (int r = 0; r < R; ++r) for (int i = 0; i < TW; ++i) acc[r][i] = part[r][i];
+    }
+  }
+  if (!kGrouped && w.scales != nullptr) {
+    for (int i = 0; i < TW; ++i) {
+      const V8 s = vec_at(w.scales, ch[i], w.f16);
+      for (int r = 0; r < R; ++r) acc[r][i] = mul(acc[r][i], s);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < TW; ++i) storef(y + r * w.n + ch[i], acc[r][i]);
+}
+
+template <Fmt F, bool kGrouped>
+void fused_tile(const Weight& w, const float* x, const float* xsum, float* y, int64_t m, int64_t tile) {
+  if (m == 1) return fused<F, 1, 4, kGrouped>(w, x, xsum, y, tile, 0);
+  for (int sub = 0; sub < 2; ++sub) {
+    int64_t r = 0;
+    constexpr int kR = kGrouped ? 3 : 6;
+    for (; r + kR <= m; r += kR) fused<F, kR, 2, kGrouped>(w, x + r * w.k, xsum + r * w.groups, y + r * w.n, tile, sub);
+    const float* xr = x + r * w.k;
+    const float* sr = xsum + r * w.groups;
+    float* yr = y + r * w.n;
+    switch (m - r) {
+      case 1: fused<F, 1, 2, kGrouped>(w, xr, sr, yr, tile, sub); break;
+      case 2: fused<F, 2, 2, kGrouped>(w, xr, sr, yr, tile, sub); break;
+      case 3: if constexpr (kR > 3) fused<F, 3, 2, kGrouped>(w, xr, sr, yr, tile, sub); break;
+      case 4: if constexpr (kR > 4) fused<F, 4, 2, kGrouped>(w, xr, sr, yr, tile, sub); break;
+      case 5: if constexpr (kR > 5) fused<F, 5, 2, kGrouped>(w, xr, sr, yr, tile, sub); break;
+      default: break;
+    }
+  }
+}
+
+// ---- large M: dequantize the tile once, then a register-blocked float kernel ----
+
+// The tile as floats [K, 32], scales and offsets applied.
+template <Fmt F>
+void dequantize_tile(const Weight& w, int64_t tile, float* buf) {
+  const int64_t gs = w.k / w.groups;
+  for (int64_t kk = 0; kk < w.k; ++kk) {
+    V8 v[4];
+    decode<F, 4>(tile_row(w, F, tile, kk), 0, v);
+    const int64_t g = kk / gs;
+    for (int i = 0; i < 4; ++i) {
+      const int c = channel<F, 4>(0, i);
+      if (w.scales != nullptr) {
+        const int64_t at = g * w.n + tile * kTile + c;
+        v[i] = w.offsets ? fmadd(v[i], vec_at(w.scales, at, w.f16), vec_at(w.offsets, at, w.f16))
+                         : mul(v[i], vec_at(w.scales, at, w.f16));
+      }
+      storef(buf + kk * kTile + c, v[i]);
+    }
+  }
+}
+
+// R rows x 16 channels (vectors `half` * 2, +1) of a float tile `wt` [K, 32].
+template <int R>
+void block(const float* wt, int64_t k, const float* x, float* y, int64_t ldy, int half) {
+  V8 acc[R][2];
+  for (auto& row : acc) for (auto& a : row) a = zero();
+  const float* col = wt + 16 * half;
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const V8 w0 = loadf(col + kk * kTile), w1 = loadf(col + kk * kTile + 8);
+    for (int r = 0; r < R; ++r) {
+      const V8 xb = splat(x[r * k + kk]);
+      acc[r][0] = fmadd(xb, w0, acc[r][0]);
+      acc[r][1] = fmadd(xb, w1, acc[r][1]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    storef(y + r * ldy + 16 * half, acc[r][0]);
+    storef(y + r * ldy + 16 * half + 8, acc[r][1]);
+  }
+}
+
+template <Fmt F>
+void blocked_tile(const Weight& w, const float* x, float* y, int64_t m, int64_t tile, std::vector<float>& buf) {
+  const float* wt;
+  if constexpr (F == Fmt::kF32) {
+    wt = reinterpret_cast<const float*>(tile_row(w, F, tile, 0));
+  } else {
+    buf.resize(w.k * kTile);
+    dequantize_tile<F>(w, tile, buf.data());
+    wt = buf.data();
+  }
+  float* yt = y + tile * kTile;
+  for (int half = 0; half < 2; ++half) {
+    int64_t r = 0;
+    for (; r + 6 <= m; r += 6) block<6>(wt, w.k, x + r * w.k, yt + r * w.n, w.n, half);
+    const float* xr = x + r * w.k;
+    float* yr = yt + r * w.n;
+    switch (m - r) {
+      case 1: block<1>(wt, w.k, xr, yr, w.n, half); break;
+      case 2: block<2>(wt, w.k, xr, yr, w.n, half); break;
+      case 3: block<3>(wt, w.k, xr, yr, w.n, half); break;
+      case 4: block<4>(wt, w.k, xr, yr, w.n, half); break;
+      case 5: block<5>(wt, w.k, xr, yr, w.n, half); break;
+      default: break;
+    }
+  }
+}
+
+// ---- driver ----
+
+constexpr int64_t kRowsPerPass = 96;  // rows of x kept hot (L2) while a thread walks its tiles
+
+template <Fmt F>
+void run(ffi::ThreadPool& pool, const Weight& w, const float* x, float* y, int64_t m) {
+  const bool grouped = w.scales != nullptr && (w.groups > 1 || w.offsets != nullptr);
+  const bool blocked = m >= kFusedRows;
+  std::vector<float> xsum(1, 0.0f);
+  if (grouped && !blocked) {  // per-group sums of x, for the offsets
+    xsum.assign(m * w.groups, 0.0f);
+    const int64_t gs = w.k / w.groups;
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t kk = 0; kk < w.k; ++kk) xsum[r * w.groups + kk / gs] += x[r * w.k + kk];
+  }
+  const int64_t rows_per_pass = blocked ? kRowsPerPass : m;
+  const int64_t work_per_tile = std::min(m, rows_per_pass) * w.k * kTile;
+  const int64_t chunks = num_chunks(pool, w.tiles, (1 << 16) / std::max<int64_t>(work_per_tile, 1) + 1);
+  for (int64_t r0 = 0; r0 < m; r0 += rows_per_pass) {
+    const int64_t rows = std::min(rows_per_pass, m - r0);
+    const float* xr = x + r0 * w.k;
+    float* yr = y + r0 * w.n;
+    parallel_for(pool, chunks, [&](int64_t c) {
+      std::vector<float> buf;
+      for (int64_t t = w.tiles * c / chunks; t < w.tiles * (c + 1) / chunks; ++t) {
+        if (blocked) blocked_tile<F>(w, xr, yr, rows, t, buf);
+        else if (grouped) fused_tile<F, true>(w, xr, xsum.data(), yr, rows, t);
+        else fused_tile<F, false>(w, xr, xsum.data(), yr, rows, t);
+      }
+    });
+  }
+}
+
+ffi::Error MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer values, ffi::AnyBuffer scales,
+                      ffi::AnyBuffer offsets, ffi::Buffer<ffi::S32> layer, ffi::ResultBuffer<ffi::F32> y,
+                      int64_t bits, bool has_scales, bool has_offsets) {
+  const auto xd = x.dimensions(), vd = values.dimensions(), yd = y->dimensions();
+  if (xd.size() != 2 || vd.size() != 4 || yd.size() != 2)
+    return ffi::Error::InvalidArgument("matmul: x must be [M, K], values [L, T, K, C], y [M, N]");
+  const auto vt = values.element_type();
+  Fmt fmt;
+  if (bits == 32 && vt == ffi::DataType::F32) fmt = Fmt::kF32;
+  else if (bits == 8 && vt == ffi::DataType::S8) fmt = Fmt::kI8;
+  else if (bits == 4 && vt == ffi::DataType::U8) fmt = Fmt::kU4;
+  else if (bits == 4 && vt == ffi::DataType::S8) fmt = Fmt::kI4;
+  else return ffi::Error::InvalidArgument("matmul: unsupported weight format (bits and values dtype)");
+  if (bits != 32 && !has_scales) return ffi::Error::InvalidArgument("matmul: integer weights need scales");
+  const int64_t num_layers = vd[0], m = xd[0];
+  Weight w{};
+  w.tiles = vd[1], w.k = vd[2], w.n = kTile * vd[1], w.groups = 1;
+  if (vd[3] * int64_t(ffi::ByteWidth(vt)) != row_bytes(fmt) || xd[1] != w.k || yd[0] != m || yd[1] != w.n)
+    return ffi::Error::InvalidArgument("matmul: x, values and y shapes disagree");
+  const int32_t li = *layer.typed_data();
+  if (li < 0 || li >= num_layers) return ffi::Error::InvalidArgument("matmul: layer index out of range");
+  w.values = static_cast<const uint8_t*>(values.untyped_data()) + li * (int64_t)values.size_bytes() / num_layers;
+  if (has_scales) {
+    const auto sd = scales.dimensions();
+    if (sd.size() != 3 || sd[0] != num_layers || sd[2] != w.n || sd[1] <= 0 || w.k % sd[1])
+      return ffi::Error::InvalidArgument("matmul: scales must be [L, G, N] with G dividing K");
+    w.groups = sd[1];
+    w.f16 = scales.element_type() == ffi::DataType::F16;
+    if (!w.f16 && scales.element_type() != ffi::DataType::F32)
+      return ffi::Error::InvalidArgument("matmul: scales must be float16 or float32");
+    const int64_t layer_scales = (int64_t)scales.size_bytes() / num_layers;
+    w.scales = static_cast<const uint8_t*>(scales.untyped_data()) + li * layer_scales;
+    if (has_offsets) {
+      if (offsets.element_type() != scales.element_type() || offsets.size_bytes() != scales.size_bytes())
+        return ffi::Error::InvalidArgument("matmul: offsets must match the scales");
+      w.offsets = static_cast<const uint8_t*>(offsets.untyped_data()) + li * layer_scales;
+    }
+  }
+  const float* xp = x.typed_data();
+  float* yp = y->typed_data();
+  switch (fmt) {
+    case Fmt::kF32: run<Fmt::kF32>(pool, w, xp, yp, m); break;
+    case Fmt::kI8: run<Fmt::kI8>(pool, w, xp, yp, m); break;
+    case Fmt::kU4: run<Fmt::kU4>(pool, w, xp, yp, m); break;
+    case Fmt::kI4: run<Fmt::kI4>(pool, w, xp, yp, m); break;
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+}  // namespace cpuk
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(cpuk_matmul, cpuk::MatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::AnyBuffer>()         // values
+                                  .Arg<ffi::AnyBuffer>()         // scales
+                                  .Arg<ffi::AnyBuffer>()         // offsets
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // layer
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("bits")
+                                  .Attr<bool>("has_scales")
+                                  .Attr<bool>("has_offsets"));
+
+extern "C" int cpuk_simd() { return CPUK_SIMD; }

@@ -1,0 +1,71 @@
+"""The engine on the native CPU kernels (packed weights, in-place paged attention) against the XLA path."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import TINY_LLM_KWARGS
+from engine_helpers import assert_pool_whole, tokens
+
+import cpu_kernels
+from cpu_kernels import PackedWeight
+from jaxserve.model.cpu_weights import resolve_matmul_backend
+from jaxserve.sampling_params import SamplingParams
+
+pytestmark = pytest.mark.skipif(not cpu_kernels.available(),
+                                reason=f"CPU kernels unavailable: {cpu_kernels.unavailable_reason()}")
+
+KWARGS = {**TINY_LLM_KWARGS, "compile_all_buckets": False, "max_num_seqs": 8, "max_num_batched_tokens": 64}
+
+
+def _generate(directory, backend: str, **kwargs):
+    from jaxserve import LLM
+
+    llm = LLM(str(directory), **{**KWARGS, **kwargs}, matmul_backend=backend, attention_backend=backend)
+    prompts = [{"prompt_token_ids": tokens(s, n)} for s, n in [(1, 5), (2, 40), (3, 17), (4, 100), (5, 1)]]
+    params = [SamplingParams(temperature=0, max_tokens=24, ignore_eos=True),
+              SamplingParams(temperature=0.8, seed=7, max_tokens=24, ignore_eos=True, logprobs=2)]
+    outs = llm.generate(prompts, [params[i % 2] for i in range(len(prompts))], use_tqdm=False)
+    assert_pool_whole(llm.engine)
+    return llm, [o.outputs[0] for o in outs]
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"quantization": "int8"}, {"quantization": "int4", "kv_cache_dtype": "int8"},
+                                    {"max_num_batched_tokens": 16}])  # 16: prompts are chunked
+def test_native_kernels_give_the_xla_paths_tokens(tiny_model, kwargs, monkeypatch):
+    directory, _ = tiny_model
+    native, ours = _generate(directory, "cpu", **kwargs)
+    # The XLA quantized matmul takes bfloat16 operands above 16 rows (prefill); the kernels stay in float32, so the
+    # reference here does too.
+    monkeypatch.setattr("jaxserve.quant.matmul.FLOAT32_MAX_ROWS", 1 << 30)
+    _, ref = _generate(directory, "xla", **kwargs)
+    layers = native.engine.runner.params["layers"]
+    assert all(isinstance(layers[k], PackedWeight) for k in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"))
+    for a, b in zip(ours, ref):
+        assert a.token_ids == b.token_ids
+        if b.logprobs:  # the seeded rows: same draws, logprobs equal to rounding
+            for la, lb in zip(a.logprobs, b.logprobs):
+                assert la.keys() == lb.keys()
+                assert max(abs(la[t] - lb[t]) for t in la) < 1e-4
+
+
+def test_memory_usage_counts_the_packed_weights(tiny_model):
+    from jaxserve import LLM
+
+    directory, _ = tiny_model
+    xla = LLM(str(directory), **KWARGS, quantization="int4", matmul_backend="xla").memory_usage()
+    native = LLM(str(directory), **KWARGS, quantization="int4", matmul_backend="cpu").memory_usage()
+    # Same bytes: the tile layout only reorders (the tiny model's 64/128/256 channels need no padding).
+    assert native["weights_bytes"] == xla["weights_bytes"]
+
+
+def test_backend_choice_is_checked():
+    assert resolve_matmul_backend("xla", "cpu") == "xla"
+    assert resolve_matmul_backend("auto", "tpu") == "xla"
+    with pytest.raises(ValueError, match="matmul_backend must be one of"):
+        resolve_matmul_backend("triton", "cpu")
+    with pytest.raises(ValueError, match="XLA:CPU only"):
+        resolve_matmul_backend("cpu", "gpu")
+    with pytest.raises(ValueError, match="not split over devices"):
+        resolve_matmul_backend("cpu", "cpu", tensor_parallel_size=2)
+    if cpu_kernels.has_simd():
+        assert resolve_matmul_backend("auto", "cpu") == "cpu"

@@ -1,0 +1,174 @@
+"""The native CPU kernels (cpu_kernels) against their jnp references: every weight format, every KV page format.
+
+The references dequantize with jaxserve.quant's own `dequantize` (weights) or gather whole tables and run a dense
+masked softmax (attention); the kernels share none of that code. Tolerances are float32 accumulation-order noise
+(1e-5 relative for matmuls over K <= 1536, 2e-5 absolute for attention outputs of unit-scale values).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import cpu_kernels as ck
+from jaxserve.quant.quantize import dequantize, pack_nibbles, quantize
+from jaxserve.quant.tensor import QuantizedTensor
+
+pytestmark = pytest.mark.skipif(not ck.available(), reason=f"CPU kernels unavailable: {ck.unavailable_reason()}")
+
+# (bits, group size, signed 4-bit): float32, int8 per channel, int8 groups (GGUF Q8_0), int4 + offsets (Q4_1) in
+# groups of 32 and 64, and signed int4 without offsets (Q4_0).
+FORMATS = [(32, None, False), (8, None, False), (8, 32, False), (4, 32, False), (4, 64, False), (4, 32, True)]
+ROWS = [1, 2, 5, 7, 8, 13, 100]  # 1: the single-row path; 2-7: fused row blocks; >= 8: dequantize-then-multiply
+
+
+def _signed_int4(w: np.ndarray, group: int, out_first: bool) -> QuantizedTensor:
+    """Q4_0-style symmetric int4 (signed nibbles, float16 scales, no offsets), as the GGUF loader builds it."""
+    wt = np.swapaxes(w, -1, -2) if not out_first else w  # [..., N, K]
+    g = wt.reshape(*wt.shape[:-1], -1, group)
+    scales = (np.abs(g).max(-1) / 7).astype(np.float16)
+    q = np.clip(np.rint(g / np.maximum(scales.astype(np.float32), 1e-8)[..., None]), -8, 7).astype(np.int8)
+    q = q.reshape(wt.shape)
+    if not out_first:
+        q, scales = np.swapaxes(q, -1, -2), np.swapaxes(scales, -1, -2)
+    return QuantizedTensor(pack_nibbles(q, -2 if out_first else -1), scales, None, 4, group, out_first)
+
+
+def _weight(rng, bits, group, signed, out_first, layers, k, n):
+    """(PackedWeight on device, float32 reference [L, K, N])."""
+    w = rng.standard_normal((layers, n, k) if out_first else (layers, k, n)).astype(np.float32)
+    if bits == 32:
+        dense, packed = w, ck.pack(w, bits=32, out_first=out_first)
+    else:
+        qt = _signed_int4(w, group, out_first) if signed else quantize(w, bits, group, out_first=out_first)
+        dense = dequantize(qt)
+        packed = ck.pack(qt.values, qt.scales, qt.offsets, bits=bits, out_first=out_first)
+    if out_first:
+        dense = np.swapaxes(dense, -1, -2)
+    return jax.tree_util.tree_map(jnp.asarray, packed), dense
+
+
+@pytest.mark.parametrize("bits,group,signed", FORMATS)
+@pytest.mark.parametrize("out_first", [False, True])
+def test_matmul_matches_the_dequantized_weight(bits, group, signed, out_first):
+    rng = np.random.default_rng(bits + (group or 0) + out_first)
+    packed, dense = _weight(rng, bits, group, signed, out_first, layers=3, k=576, n=192)
+    np.testing.assert_allclose(np.asarray(ck.unpack(packed, 2)), dense[2], atol=1e-6)
+    for m in ROWS:
+        x = jnp.asarray(rng.standard_normal((m, 576)), jnp.float32)
+        for layer in (0, 2):
+            ours = np.asarray(ck.matmul(x, packed.at_layer(layer)))
+            ref = np.asarray(x) @ dense[layer].astype(np.float64)
+            err = np.abs(ours - ref).max() / np.abs(ref).max()
+            assert err < 1e-5, f"bits={bits} group={group} out_first={out_first} m={m} layer={layer}: {err:.2e}"
+
+
+@pytest.mark.parametrize("bits,group,signed", FORMATS)
+def test_matmul_tails_and_padding(bits, group, signed):
+    """40 output channels: one full tile and a padded one; K = 128 with two groups of 64 or four of 32."""
+    rng = np.random.default_rng(7)
+    packed, dense = _weight(rng, bits, group, signed, False, layers=1, k=128, n=40)
+    assert packed.values.shape[1] == 2 and packed.n == 40
+    for m in (1, 3, 9):
+        x = jnp.asarray(rng.standard_normal((m, 128)), jnp.float32)
+        ours = np.asarray(ck.matmul(x, packed))
+        assert ours.shape == (m, 40)
+        np.testing.assert_allclose(ours, np.asarray(x) @ dense[0], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("bits,group,signed", FORMATS)
+def test_packed_rows_are_the_tables_rows(bits, group, signed):
+    """A tied embedding stored as the packed LM head still looks rows up exactly (every lane of a tile)."""
+    rng = np.random.default_rng(3)
+    packed, dense = _weight(rng, bits, group, signed, True, layers=1, k=64, n=96)
+    ids = jnp.asarray([0, 1, 15, 16, 17, 31, 32, 63, 64, 95, 95], jnp.int32)
+    np.testing.assert_allclose(np.asarray(ck.packed_rows(packed, ids)), dense[0][:, np.asarray(ids)].T, atol=1e-6)
+
+
+def test_matmul_in_a_layer_scan_reads_the_traced_layer():
+    rng = np.random.default_rng(0)
+    packed, dense = _weight(rng, 8, None, False, False, layers=4, k=64, n=64)
+
+    @jax.jit
+    def run(x):
+        def body(h, i):
+            y = ck.matmul(h, packed.at_layer(i))
+            return y / jnp.linalg.norm(y), None
+        return jax.lax.scan(body, x, jnp.arange(4))[0]
+
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    ref = x
+    for layer in range(4):
+        ref = ref @ dense[layer]
+        ref = ref / np.linalg.norm(ref)
+    np.testing.assert_allclose(np.asarray(run(jnp.asarray(x))), ref, atol=1e-5)
+
+
+def test_matmul_rejects_a_layer_out_of_range():
+    rng = np.random.default_rng(0)
+    packed, _ = _weight(rng, 8, None, False, False, layers=2, k=64, n=32)
+    with pytest.raises(Exception, match="layer index out of range"):
+        jax.block_until_ready(ck.matmul(jnp.ones((1, 64)), packed.at_layer(5)))
+
+
+# ---- paged attention ----
+
+def _attention_case(rng, ctx_lens, q_lens, hq, hkv, d, fmt, block_size=16, layers=2, pad=3):
+    """A step of several sequences (context in shuffled pages, new tokens packed), plus padding tokens."""
+    seqs = len(ctx_lens)
+    width = max(-(-(c + q) // block_size) for c, q in zip(ctx_lens, q_lens)) + 1
+    blocks = seqs * width + 1
+    tables = rng.permutation(np.arange(1, blocks))[:seqs * width].reshape(seqs, width).astype(np.int32)
+    total = sum(q_lens)
+    qsl = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
+    token_seq = np.zeros(total + pad, np.int32)
+    positions = np.zeros(total + pad, np.int32)
+    for s in range(seqs):
+        token_seq[qsl[s]:qsl[s + 1]] = s
+        positions[qsl[s]:qsl[s + 1]] = ctx_lens[s] + np.arange(q_lens[s])
+    shape = (layers, hkv, blocks, block_size, d)
+    k_pages, v_pages = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+    k_scale = v_scale = None
+    if fmt == "bfloat16":
+        to_bits = lambda a: jax.lax.bitcast_convert_type(jnp.asarray(a, jnp.bfloat16), jnp.uint16)  # noqa: E731
+        k_pages, v_pages = to_bits(k_pages), to_bits(v_pages)
+    elif fmt == "int8":
+        k_pages, v_pages = (jnp.asarray(rng.integers(-127, 128, shape), jnp.int8) for _ in range(2))
+        k_scale, v_scale = (jnp.asarray(rng.random(shape[:-1]) * 0.02, jnp.float32) for _ in range(2))
+    q = jnp.asarray(rng.standard_normal((total + pad, hq, d)), jnp.float32)
+    k_new, v_new = (jnp.asarray(rng.standard_normal((total + pad, hkv, d)), jnp.float32) for _ in range(2))
+    return (q, k_new, v_new, jnp.asarray(k_pages), jnp.asarray(v_pages), k_scale, v_scale, 1, jnp.asarray(tables),
+            jnp.asarray(ctx_lens, jnp.int32), jnp.asarray(qsl), jnp.asarray(token_seq), jnp.asarray(positions),
+            total)
+
+
+@pytest.mark.parametrize("fmt", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("hq,hkv,d", [(6, 2, 64), (9, 3, 64), (4, 4, 128), (8, 1, 32)])
+@pytest.mark.parametrize("window", [None, 17])
+def test_paged_attention_matches_the_reference(fmt, hq, hkv, d, window):
+    """A mixed step: a fresh prompt, decodes with short and long contexts, a prompt chunk continuing from pages."""
+    rng = np.random.default_rng(hq * 10 + d + (window or 0))
+    args = _attention_case(rng, [0, 5, 40, 100, 33], [7, 1, 1, 20, 1], hq, hkv, d, fmt)
+    ours = ck.paged_attention(*args, scale=d ** -0.5, sliding_window=window)
+    ref = ck.paged_attention_reference(*args, scale=d ** -0.5, sliding_window=window)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), atol=2e-5, rtol=0)
+    assert not np.asarray(ours)[-3:].any(), "padding tokens get zeros"
+
+
+def test_paged_attention_never_reads_outside_the_pool():
+    """Out-of-range page ids (a corrupted table) read the reserved page instead of memory past the pool."""
+    rng = np.random.default_rng(0)
+    args = list(_attention_case(rng, [40], [1], 4, 2, 64, "float32"))
+    args[8] = args[8].at[0, 1].set(10_000_000).at[0, 2].set(-5)
+    out = np.asarray(ck.paged_attention(*args, scale=0.125))
+    assert np.isfinite(out).all()
+
+
+def test_paged_attention_rejects_bad_shapes():
+    rng = np.random.default_rng(0)
+    args = list(_attention_case(rng, [4], [1], 4, 2, 64, "float32"))
+    args[10] = args[10][:1]  # query_start_loc needs S + 1 entries
+    with pytest.raises(Exception, match="metadata shapes disagree"):
+        jax.block_until_ready(ck.paged_attention(*args, scale=0.125))
