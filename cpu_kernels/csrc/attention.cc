@@ -48,7 +48,11 @@ struct Problem {
 // One key (or value) row as floats: page rows are decoded into `buf`, float32 rows are used in place.
 inline const float* row_f32(const Problem& pb, const uint8_t* base, int64_t elem, float* buf) {
   switch (pb.fmt) {
-    case KvFmt::kF32: return reinterpret_cast<const float*>(base) + elem;
+    case KvFmt::kF32: {
+      const float* p = reinterpret_cast<const float*>(base) + elem;
+      for (int64_t c = 0; c < pb.d; c += 8) storef(buf + c, loadf(p + c));
+      return buf;
+    }
     case KvFmt::kBF16: {
       const uint16_t* p = reinterpret_cast<const uint16_t*>(base) + elem;
       for (int64_t c = 0; c < pb.d; c += 8) storef(buf + c, load_bf16(p + c));
@@ -63,67 +67,74 @@ inline const float* row_f32(const Problem& pb, const uint8_t* base, int64_t elem
   return nullptr;
 }
 
-inline float dot(const float* a, const float* b, int64_t d) {
-  V8 s0 = zero(), s1 = zero();
-  int64_t c = 0;
-  for (; c + 16 <= d; c += 16) {
-    s0 = fmadd(loadf(a + c), loadf(b + c), s0);
-    s1 = fmadd(loadf(a + c + 8), loadf(b + c + 8), s1);
-  }
-  if (c < d) s0 = fmadd(loadf(a + c), loadf(b + c), s0);
-  return hsum(add(s0, s1));
-}
-
-inline void axpy(float alpha, const float* x, float* y, int64_t d) {
-  const V8 a = splat(alpha);
-  for (int64_t c = 0; c < d; c += 8) storef(y + c, fmadd(a, loadf(x + c), loadf(y + c)));
-}
-
-inline void scale_row(float alpha, float* y, int64_t d) {
-  const V8 a = splat(alpha);
-  for (int64_t c = 0; c < d; c += 8) storef(y + c, mul(a, loadf(y + c)));
-}
-
-// Scratch per item: scaled queries [G, D], accumulators [G, D], decoded K and V rows [D] each.
+// Scratch per item: scaled queries [G, D], accumulators [G, D], decoded K and V rows [kBlock, D] each.
 struct Item {
   const Problem& pb;
   int64_t g;       // query heads per KV head
   float* qs;       // [G, D]
   float* acc;      // [G, D]
-  float* kbuf;     // [D]
-  float* vbuf;     // [D]
+  float* kbuf;     // [kBlock, D]
+  float* vbuf;     // [kBlock, D]
   float m[64], l[64];  // running max and normaliser per query head (G <= 64, checked)
 
   // Keys of a block: pointers to their (page or new) rows plus their int8 scales (1 for float rows).
   struct Key { const uint8_t* kbase; const uint8_t* vbase; int64_t elem; float ks, vs; bool is_new; };
 
+  // One online-softmax update over n <= kBlock keys. Scores come 8 keys at a time (one accumulator per key, one
+  // transposed horizontal sum), and the accumulators stay in registers across the block's values.
   void attend(const Key* keys, int n) {
     const int64_t d = pb.d;
-    alignas(32) float sc[64][kBlock];
+    const float* kr[kBlock];
+    const float* vr[kBlock];
+    alignas(32) float ks[kBlock], vs[kBlock];
+    // All K rows, then all V rows: two sequential streams, not one alternating between them.
     for (int j = 0; j < n; ++j) {
       const Key& key = keys[j];
-      const float* kr = key.is_new ? reinterpret_cast<const float*>(key.kbase) + key.elem
-                                   : row_f32(pb, key.kbase, key.elem, kbuf);
-      for (int64_t h = 0; h < g; ++h) sc[h][j] = dot(qs + h * d, kr, d) * key.ks;
+      kr[j] = key.is_new ? reinterpret_cast<const float*>(key.kbase) + key.elem
+                         : row_f32(pb, key.kbase, key.elem, kbuf + j * d);
+      ks[j] = key.ks, vs[j] = key.vs;
     }
+    for (int j = 0; j < n; ++j) {
+      const Key& key = keys[j];
+      vr[j] = key.is_new ? reinterpret_cast<const float*>(key.vbase) + key.elem
+                         : row_f32(pb, key.vbase, key.elem, vbuf + j * d);
+    }
+    for (int j = n; j < kBlock; ++j) kr[j] = kr[0], vr[j] = vr[0], ks[j] = vs[j] = 0.0f;  // masked below
+    alignas(32) float sc[64][kBlock];
+    alignas(32) float corr[64];
+    const float neg_inf = -std::numeric_limits<float>::infinity();
     for (int64_t h = 0; h < g; ++h) {
-      for (int j = n; j < kBlock; ++j) sc[h][j] = -std::numeric_limits<float>::infinity();
+      const float* qh = qs + h * d;
+      for (int j0 = 0; j0 < kBlock; j0 += 8) {
+        if (j0 >= n) {
+          storef(sc[h] + j0, splat(neg_inf));
+          continue;
+        }
+        V8 a[8];
+        for (auto& x : a) x = zero();
+        for (int64_t c = 0; c < d; c += 8) {
+          const V8 qv = loadf(qh + c);
+          for (int jj = 0; jj < 8; ++jj) a[jj] = fmadd(qv, loadf(kr[j0 + jj] + c), a[jj]);
+        }
+        storef(sc[h] + j0, mul(hsum8(a), loadf(ks + j0)));
+      }
+      for (int j = n; j < kBlock; ++j) sc[h][j] = neg_inf;
       float mx = m[h];
       for (int j = 0; j < n; ++j) mx = std::max(mx, sc[h][j]);
-      const float correction = std::isinf(m[h]) ? 0.0f : std::exp(m[h] - mx);
+      corr[h] = std::isinf(m[h]) ? 0.0f : std::exp(m[h] - mx);
       const V8 mv = splat(mx);
       const V8 p0 = vexp(sub(loadf(sc[h]), mv)), p1 = vexp(sub(loadf(sc[h] + 8), mv));
-      storef(sc[h], p0);
-      storef(sc[h] + 8, p1);
-      l[h] = l[h] * correction + hsum(add(p0, p1));
-      if (correction != 1.0f) scale_row(correction, acc + h * d, d);
+      l[h] = l[h] * corr[h] + hsum(add(p0, p1));
+      storef(sc[h], mul(p0, loadf(vs)));  // value scales folded into the weights
+      storef(sc[h] + 8, mul(p1, loadf(vs + 8)));
       m[h] = mx;
     }
-    for (int j = 0; j < n; ++j) {
-      const Key& key = keys[j];
-      const float* vr = key.is_new ? reinterpret_cast<const float*>(key.vbase) + key.elem
-                                   : row_f32(pb, key.vbase, key.elem, vbuf);
-      for (int64_t h = 0; h < g; ++h) axpy(sc[h][j] * key.vs, vr, acc + h * d, d);
+    for (int64_t c = 0; c < d; c += 8) {
+      for (int64_t h = 0; h < g; ++h) {
+        V8 o = mul(loadf(acc + h * d + c), splat(corr[h]));
+        for (int j = 0; j < n; ++j) o = fmadd(splat(sc[h][j]), loadf(vr[j] + c), o);
+        storef(acc + h * d + c, o);
+      }
     }
   }
 };
@@ -135,8 +146,9 @@ void run_item(const Problem& pb, int64_t t, int64_t kvh, std::vector<float>& scr
     std::fill(out, out + g * d, 0.0f);
     return;
   }
-  scratch.resize(2 * g * d + 2 * d);
-  Item it{pb, g, scratch.data(), scratch.data() + g * d, scratch.data() + 2 * g * d, scratch.data() + 2 * g * d + d};
+  scratch.resize(2 * g * d + 2 * kBlock * d);
+  float* base = scratch.data();
+  Item it{pb, g, base, base + g * d, base + 2 * g * d, base + 2 * g * d + kBlock * d};
   const float* q = pb.q + (t * pb.hq + kvh * g) * d;
   for (int64_t i = 0; i < g * d; ++i) it.qs[i] = q[i] * pb.scale;
   std::fill(it.acc, it.acc + g * d, 0.0f);
@@ -153,13 +165,16 @@ void run_item(const Problem& pb, int64_t t, int64_t kvh, std::vector<float>& scr
   const bool int8 = pb.fmt == KvFmt::kI8;
   Item::Key keys[kBlock];
   int n = 0;
-  for (int64_t j = lo; j <= pos; ++j) {
+  // The key's page slot and offset advance with j (no division per key).
+  int64_t slot = lo / pb.bs, offset = lo % pb.bs, page = -1;
+  for (int64_t j = lo; j <= pos; ++j, offset = offset + 1 == pb.bs ? (++slot, 0) : offset + 1) {
     Item::Key& key = keys[n];
     if (j < ctx) {
-      const int64_t slot = j / pb.bs;
-      int64_t page = slot < pb.width ? table[slot] : 0;
-      if (page < 0 || page >= pb.nb) page = 0;  // never read outside the pool, whatever the table says
-      const int64_t row = (kvh * pb.nb + page) * pb.bs + j % pb.bs;
+      if (offset == 0 || page < 0) {
+        page = slot < pb.width ? table[slot] : 0;
+        if (page < 0 || page >= pb.nb) page = 0;  // never read outside the pool, whatever the table says
+      }
+      const int64_t row = (kvh * pb.nb + page) * pb.bs + offset;
       key = {pb.k_pages, pb.v_pages, row * d, int8 ? pb.k_scale[row] : 1.0f, int8 ? pb.v_scale[row] : 1.0f,
              false};
     } else {

@@ -145,22 +145,22 @@ void fused_tile(const Weight& w, const float* x, const float* xsum, float* y, in
 
 // ---- large M: dequantize the tile once, then a register-blocked float kernel ----
 
-// The tile as floats [K, 32], scales and offsets applied.
+// The tile as floats [K, 32], scales and offsets applied. Group by group, so each group's scales (and offsets) are
+// loaded once and no row pays for finding its group.
 template <Fmt F>
 void dequantize_tile(const Weight& w, int64_t tile, float* buf) {
   const int64_t gs = w.k / w.groups;
-  for (int64_t kk = 0; kk < w.k; ++kk) {
-    V8 v[4];
-    decode<F, 4>(tile_row(w, F, tile, kk), 0, v);
-    const int64_t g = kk / gs;
+  for (int64_t g = 0; g < w.groups; ++g) {
+    V8 s[4], o[4];
     for (int i = 0; i < 4; ++i) {
-      const int c = channel<F, 4>(0, i);
-      if (w.scales != nullptr) {
-        const int64_t at = g * w.n + tile * kTile + c;
-        v[i] = w.offsets ? fmadd(v[i], vec_at(w.scales, at, w.f16), vec_at(w.offsets, at, w.f16))
-                         : mul(v[i], vec_at(w.scales, at, w.f16));
-      }
-      storef(buf + kk * kTile + c, v[i]);
+      const int64_t at = g * w.n + tile * kTile + channel<F, 4>(0, i);
+      s[i] = vec_at(w.scales, at, w.f16);
+      o[i] = w.offsets ? vec_at(w.offsets, at, w.f16) : zero();
+    }
+    for (int64_t kk = g * gs; kk < (g + 1) * gs; ++kk) {
+      V8 v[4];
+      decode<F, 4>(tile_row(w, F, tile, kk), 0, v);
+      for (int i = 0; i < 4; ++i) storef(buf + kk * kTile + channel<F, 4>(0, i), fmadd(v[i], s[i], o[i]));
     }
   }
 }
