@@ -30,6 +30,7 @@ test-all: install
 
 # The CPU benchmark set (tens of minutes on 2 cores); each writes bench/results/*.json (+ a PNG).
 bench: install
+	$(PIP) install --quiet -e '.[bench]'
 	JAX_PLATFORMS=cpu $(PY) bench/kv_memory.py
 	JAX_PLATFORMS=cpu $(PY) bench/offline_throughput.py
 	JAX_PLATFORMS=cpu $(PY) bench/batching.py
@@ -37,6 +38,7 @@ bench: install
 	JAX_PLATFORMS=cpu $(PY) bench/prefix_cache.py
 	JAX_PLATFORMS=cpu $(PY) bench/quantization.py
 	JAX_PLATFORMS=cpu $(PY) bench/kernels.py
+	JAX_PLATFORMS=cpu $(PY) bench/cpu_matmul.py
 	JAX_PLATFORMS=cpu $(PY) bench/serving.py --launch "--max-model-len 1024 --max-num-seqs 32 --max-num-batched-tokens 256" \
 		--num-prompts 32 --input-len 128 --output-len 64 --request-rate 4
 	JAX_PLATFORMS=cpu $(PY) bench/scale_out.py

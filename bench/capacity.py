@@ -64,6 +64,8 @@ def main() -> int:
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=48)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--quantization", default=None, choices=["int8", "int4"],
+                        help="weight format for the TPOT part (the roofline then streams the quantized bytes)")
     parser.add_argument("--concurrency-budget-mib", type=int, default=64)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "capacity.json"))
     args = parser.parse_args()
@@ -93,8 +95,8 @@ def main() -> int:
 
     # 2. TPOT by batch size
     batches = [int(b) for b in args.batches.split(",")]
-    llm = LLM(dtype=args.dtype, max_model_len=1024, max_num_seqs=max(batches), max_num_batched_tokens=512,
-              progress=False, enable_prefix_caching=False)
+    llm = LLM(dtype=args.dtype, quantization=args.quantization, max_model_len=1024, max_num_seqs=max(batches),
+              max_num_batched_tokens=512, progress=False, enable_prefix_caching=False)
     weights = sum(x.nbytes for x in jax.tree.leaves(llm.engine.runner.params))
     measured_tpot(llm, 2, args.prompt_len, 4)  # touch every code path once
     rows = []
@@ -103,12 +105,14 @@ def main() -> int:
         tpot = measured_tpot(llm, batch, args.prompt_len, args.output_len)
         pred = decode_step(config.model, device, batch, context, weights, config.kv_dtype, args.dtype)
         rows.append({"batch": batch, "measured_tpot_s": tpot, "predicted_tpot_s": pred.seconds,
-                     "error": pred.seconds / tpot - 1, "compute_bound": pred.compute_bound})
-    print(f"\nTPOT on the default model ({args.dtype}, weights {weights / 2**20:.0f} MiB, context ~{context}):")
-    print(f"{'batch':>6} {'measured ms':>12} {'predicted ms':>13} {'error':>8}  bound")
+                     "error": pred.seconds / tpot - 1, "frac_roofline": pred.seconds / tpot,
+                     "compute_bound": pred.compute_bound})
+    weight_format = args.quantization or args.dtype
+    print(f"\nTPOT on the default model ({weight_format}, weights {weights / 2**20:.0f} MiB, context ~{context}):")
+    print(f"{'batch':>6} {'measured ms':>12} {'predicted ms':>13} {'error':>8} {'of roofline':>12}  bound")
     for r in rows:
         print(f"{r['batch']:>6} {r['measured_tpot_s'] * 1e3:>12.1f} {r['predicted_tpot_s'] * 1e3:>13.1f} "
-              f"{r['error']:>8.0%}  {'compute' if r['compute_bound'] else 'memory'}")
+              f"{r['error']:>8.0%} {r['frac_roofline']:>12.0%}  {'compute' if r['compute_bound'] else 'memory'}")
 
     memory = None
     if jax.default_backend() != "cpu":
@@ -121,7 +125,7 @@ def main() -> int:
                                                  "peak_flops": device.peak_flops},
               "concurrency": {"predicted": planned["max_concurrency"], "measured": measured,
                               "kv_cache_memory": budget, "max_model_len": max_len},
-              "tpot": rows, "device_memory": memory}
+              "weight_format": weight_format, "tpot": rows, "device_memory": memory}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=2))
     return 0 if measured == planned["max_concurrency"] else 1

@@ -8,8 +8,8 @@ engine's attention call (`attention.xla.paged_attention`, and on TPU/GPU the Pal
 (batch x context) and prefill shapes (one chunk over earlier context), 32 query / 8 KV heads, head_dim 128, and
 prints median time, achieved bytes/s and FLOP/s and their fraction of this device's peaks, measured in the same
 run (a large array copy for bandwidth, a square matmul for FLOP/s). On CPU there are no kernels to time (interpret
-mode measures the interpreter, not the kernel): only the XLA path runs, at small shapes. Results go to
-bench/results/kernels.json.
+mode measures the interpreter, not the kernel): the XLA path and the native CPU kernel (`cpu_kernels`) run, at
+small shapes. Results go to bench/results/kernels.json.
 """
 
 from __future__ import annotations
@@ -107,8 +107,14 @@ def time_paths(args) -> int:
     dtype = jnp.dtype(args.dtype)
     paths = {"xla": paged_attention}
     if on_cpu:
-        print("CPU: timing the XLA path only (the Pallas kernels would run in interpret mode, which times the "
-              "interpreter); kernel rows need a GPU or TPU")
+        import cpu_kernels
+
+        print("CPU: the XLA path and the native CPU kernel (cpu_kernels); the Pallas kernels would run in "
+              "interpret mode, which times the interpreter: their rows need a GPU or TPU")
+        if cpu_kernels.available():
+            paths["cpu"] = get_attention_fn("cpu")
+        else:
+            print(f"native CPU kernel unavailable: {cpu_kernels.unavailable_reason()}")
     else:
         paths["pallas"] = get_attention_fn("pallas")
     peaks = measure_peaks(dtype, args.repeats)
@@ -145,7 +151,7 @@ def time_paths(args) -> int:
         "date": time.strftime("%Y-%m-%d"), "machine": platform.platform(), "cpus": os.cpu_count(),
         "device": device.device_kind, "platform": jax.default_backend(), "jax": jax.__version__,
         "dtype": dtype.name, "heads": HEADS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM, "block_size": BLOCK,
-        "kernels_timed": not on_cpu, "peaks": peaks, "results": rows}, indent=2))
+        "kernels_timed": sorted(set(paths) - {"xla"}), "peaks": peaks, "results": rows}, indent=2))
     print(f"wrote {args.out}")
     return 0
 

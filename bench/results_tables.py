@@ -127,24 +127,40 @@ def render_kernels(d: dict) -> list[str]:
     p = d["peaks"]
     rows = [[r["kind"], r["path"], r["batch"], r["new_tokens"], f"{r['context']:,}", f(r["ms"], 2),
              f"{r['bytes_per_s'] / 1e9:.2f} ({r['frac_peak_bandwidth']:.0%})",
-             f"{r['flops_per_s'] / 1e9:.1f} ({r['frac_peak_flops']:.0%})"] for r in d["results"]]
+             f"{r['flops_per_s'] / 1e9:.1f} ({r['frac_peak_flops']:.0%})", f(r.get("speedup_vs_xla"), 2)]
+            for r in d["results"]]
+    timed = d["kernels_timed"]
+    timed = ", ".join(timed) or "none" if isinstance(timed, list) else timed
     return [(f"Device {d['device']}, {d['dtype']}, {d['heads']} query / {d['kv_heads']} KV heads, head_dim "
-            f"{d['head_dim']}, page size {d['block_size']}; kernels timed: {d['kernels_timed']}. Peaks in the same "
+            f"{d['head_dim']}, page size {d['block_size']}; kernels timed: {timed}. Peaks in the same "
             f"run: read {p['read_bytes_per_s'] / 1e9:.1f} GB/s, copy {p['copy_bytes_per_s'] / 1e9:.1f} GB/s, "
             f"matmul {p['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s.\n"),
             table(["step", "path", "sequences", "new tokens", "context", "ms", "GB/s (of peak)",
-                   "GFLOP/s (of peak)"], rows, left=2)]
+                   "GFLOP/s (of peak)", "x xla"], rows, left=2)]
+
+
+def render_cpu_matmul(d: dict) -> list[str]:
+    rows = [[r["format"], r["shape"], r["rows"], f(r["cpu_ms"], 3), f(r["xla_ms"], 3), f(r["speedup"], 2),
+             f"{r['cpu_gb_s']:.1f} ({r['cpu_frac_bandwidth']:.0%})", f"{r['cpu_gflop_s']:.0f} ({r['cpu_frac_flops']:.0%})"]
+            for r in d["results"]]
+    return [(f"Native kernel (`cpu_kernels.matmul`, SIMD: {d['simd']}) against XLA's dot on the same weights. Peaks "
+             f"in the same run: read {d['read_bytes_per_s'] / 1e9:.1f} GB/s, float32 matmul (XLA) "
+             f"{d['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s.\n"),
+            table(["weights", "shape", "rows", "kernel ms", "xla ms", "x xla", "kernel GB/s (of read)",
+                   "kernel GFLOP/s (of peak)"], rows, left=2)]
 
 
 def render_capacity(d: dict) -> list[str]:
     c, dev = d["concurrency"], d["device"]
     rows = [[r["batch"], f(r["measured_tpot_s"] * 1e3), f(r["predicted_tpot_s"] * 1e3), f(r["error"] * 100, 0, "%"),
+             f(r["predicted_tpot_s"] / r["measured_tpot_s"] * 100, 0, "%"),
              "compute" if r["compute_bound"] else "memory"] for r in d["tpot"]]
-    return [(f"Device measured in the run: {dev['bandwidth'] / 1e9:.1f} GB/s read, "
+    return [(f"Weights {d.get('weight_format', 'float32')}. Device measured in the run: "
+             f"{dev['bandwidth'] / 1e9:.1f} GB/s read, "
             f"{dev['peak_flops']['float32'] / 1e9:.0f} GFLOP/s float32 matmul. Max concurrency with a "
             f"{c['kv_cache_memory'] / 2**20:.0f} MiB KV budget at max_model_len {c['max_model_len']}: planned "
             f"{c['predicted']}, measured {c['measured']}.\n"),
-            table(["batch", "measured ms", "roofline ms", "error", "bound"], rows)]
+            table(["batch", "measured ms", "roofline ms", "error", "of roofline", "bound"], rows)]
 
 
 def render_batching(d: dict) -> list[str]:

@@ -13,15 +13,21 @@ from .build import load
 from .packing import PackedWeight, unpack
 
 
-def matmul(x: jax.Array, w: PackedWeight) -> jax.Array:
-    """float32 `x [M, K]` @ layer `w.layer` of `w`: float32 `[M, w.n]`."""
+def matmul(x: jax.Array, w: PackedWeight, valid_rows: jax.Array | int | None = None) -> jax.Array:
+    """float32 `x [M, K]` @ layer `w.layer` of `w`: float32 `[M, w.n]`.
+
+    `valid_rows` (default M, may be traced): rows from it on are padding (a step bucket's unused slots); the kernel
+    skips them and returns zeros there, so a step pays for its real tokens, not its bucket.
+    """
     load()
     empty = jnp.zeros((1,), jnp.float32)
     layer = jnp.asarray(0 if w.layer is None else w.layer, jnp.int32)
+    rows = jnp.asarray(x.shape[0] if valid_rows is None else valid_rows, jnp.int32)
     padded = w.values.shape[1] * 32
     call = jax.ffi.ffi_call("cpuk_matmul", jax.ShapeDtypeStruct((x.shape[0], padded), jnp.float32))
     y = call(x.astype(jnp.float32), w.values, empty if w.scales is None else w.scales,
-             empty if w.offsets is None else w.offsets, layer, bits=w.bits, has_scales=w.scales is not None, has_offsets=w.offsets is not None)
+             empty if w.offsets is None else w.offsets, layer, rows, bits=w.bits, has_scales=w.scales is not None,
+             has_offsets=w.offsets is not None)
     return y if padded == w.n else y[:, :w.n]
 
 

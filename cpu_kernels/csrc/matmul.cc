@@ -5,7 +5,7 @@
 //                          4 bits, byte b holding channel b (low nibble) and channel b + 16 (high nibble)
 //   scales  [L, G, 32 T]   float32 or float16, G groups along K (absent for float32 weights)
 //   offsets [L, G, 32 T]   like scales, or absent (symmetric)
-//   y       [M, 32 T]
+//   y       [M, 32 T]   rows from `valid_rows` on (a bucket's padding) are not computed and come out zero
 // The layer axis L is indexed by the `layer` operand, so a layer scan reads the stacked weights in place.
 // Small M runs a fused loop (decode a row of the tile, multiply-add it into every row of x); large M first
 // dequantizes a whole tile into a thread-local float buffer and then runs a register-blocked float kernel on it.
@@ -246,8 +246,8 @@ void run(ffi::ThreadPool& pool, const Weight& w, const float* x, float* y, int64
 }
 
 ffi::Error MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer values, ffi::AnyBuffer scales,
-                      ffi::AnyBuffer offsets, ffi::Buffer<ffi::S32> layer, ffi::ResultBuffer<ffi::F32> y,
-                      int64_t bits, bool has_scales, bool has_offsets) {
+                      ffi::AnyBuffer offsets, ffi::Buffer<ffi::S32> layer, ffi::Buffer<ffi::S32> valid_rows,
+                      ffi::ResultBuffer<ffi::F32> y, int64_t bits, bool has_scales, bool has_offsets) {
   const auto xd = x.dimensions(), vd = values.dimensions(), yd = y->dimensions();
   if (xd.size() != 2 || vd.size() != 4 || yd.size() != 2)
     return ffi::Error::InvalidArgument("matmul: x must be [M, K], values [L, T, K, C], y [M, N]");
@@ -259,7 +259,8 @@ ffi::Error MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuf
   else if (bits == 4 && vt == ffi::DataType::S8) fmt = Fmt::kI4;
   else return ffi::Error::InvalidArgument("matmul: unsupported weight format (bits and values dtype)");
   if (bits != 32 && !has_scales) return ffi::Error::InvalidArgument("matmul: integer weights need scales");
-  const int64_t num_layers = vd[0], m = xd[0];
+  const int64_t num_layers = vd[0];
+  int64_t m = xd[0];
   Weight w{};
   w.tiles = vd[1], w.k = vd[2], w.n = kTile * vd[1], w.groups = 1;
   if (vd[3] * int64_t(ffi::ByteWidth(vt)) != row_bytes(fmt) || xd[1] != w.k || yd[0] != m || yd[1] != w.n)
@@ -285,6 +286,10 @@ ffi::Error MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuf
   }
   const float* xp = x.typed_data();
   float* yp = y->typed_data();
+  // Rows from `valid_rows` on are a bucket's padding: not computed, their outputs zero.
+  const int64_t rows = std::clamp<int64_t>(*valid_rows.typed_data(), 0, m);
+  std::fill(yp + rows * w.n, yp + m * w.n, 0.0f);
+  m = rows;
   switch (fmt) {
     case Fmt::kF32: run<Fmt::kF32>(pool, w, xp, yp, m); break;
     case Fmt::kI8: run<Fmt::kI8>(pool, w, xp, yp, m); break;
@@ -305,6 +310,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(cpuk_matmul, cpuk::MatmulImpl,
                                   .Arg<ffi::AnyBuffer>()         // scales
                                   .Arg<ffi::AnyBuffer>()         // offsets
                                   .Arg<ffi::Buffer<ffi::S32>>()  // layer
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // valid_rows
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("bits")
                                   .Attr<bool>("has_scales")

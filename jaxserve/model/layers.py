@@ -25,15 +25,18 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return weight * normed.astype(x.dtype)
 
 
-def linear(x: jax.Array, w: jax.Array | QuantizedTensor | PackedWeight, b: jax.Array | None = None) -> jax.Array:
+def linear(x: jax.Array, w: jax.Array | QuantizedTensor | PackedWeight, b: jax.Array | None = None,
+           valid_rows: jax.Array | None = None) -> jax.Array:
     """`x @ w (+ b)` with float32 accumulation; the result has x's dtype. `w` may be a QuantizedTensor, or a
-    PackedWeight (run by the native CPU kernel; see `model/cpu_weights.py`).
+    PackedWeight (run by the native CPU kernel; see `model/cpu_weights.py`), which skips the rows of a 2-D `x`
+    from `valid_rows` on (bucket padding; their outputs are then zero, plus the bias).
 
     Accumulating in float32 is also the fast path on CPU: a bf16 x bf16 -> bf16 dot is lowered to float32 copies.
     """
     if isinstance(w, PackedWeight):
         lead = x.shape[:-1]
-        y = cpu_kernels.matmul(x.reshape(-1, x.shape[-1]), w).reshape(*lead, w.n)
+        rows = valid_rows if x.ndim == 2 else None
+        y = cpu_kernels.matmul(x.reshape(-1, x.shape[-1]), w, rows).reshape(*lead, w.n)
     elif is_quantized(w):
         y = quantized_matmul(x, w)
     else:
@@ -51,9 +54,11 @@ def embed_lookup(table: jax.Array | QuantizedTensor | PackedWeight, tokens: jax.
     return quantized_lookup(table, tokens) if is_quantized(table) else table[tokens]
 
 
-def gated_mlp(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array) -> jax.Array:
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
-    return linear(jax.nn.silu(linear(x, w_gate)) * linear(x, w_up), w_down)
+def gated_mlp(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array,
+              valid_rows: jax.Array | None = None) -> jax.Array:
+    """SwiGLU: down(silu(gate(x)) * up(x)); `valid_rows` as in `linear`."""
+    gate, up = linear(x, w_gate, valid_rows=valid_rows), linear(x, w_up, valid_rows=valid_rows)
+    return linear(jax.nn.silu(gate) * up, w_down, valid_rows=valid_rows)
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None) -> np.ndarray:

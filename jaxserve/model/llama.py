@@ -44,6 +44,8 @@ def forward(
     """
     inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
     num_tokens = tokens.shape[0]
+    # The native CPU matmuls skip the bucket's padding tokens (nothing reads their rows); other paths ignore it.
+    valid = meta.num_tokens
 
     def attention_block(q, k, v, cache, index, meta, positions):
         cache = write_kv(cache, index, k, v, meta.slot_mapping)
@@ -58,14 +60,14 @@ def forward(
         x, cache = carry
         lp, index = inputs
         h = rms_norm(x, lp["attn_norm"], config.rms_norm_eps)
-        q = linear(h, lp["wq"], lp.get("bq")).reshape(num_tokens, config.num_heads, config.head_dim)
-        k = linear(h, lp["wk"], lp.get("bk")).reshape(num_tokens, config.num_kv_heads, config.head_dim)
-        v = linear(h, lp["wv"], lp.get("bv")).reshape(num_tokens, config.num_kv_heads, config.head_dim)
+        q = linear(h, lp["wq"], lp.get("bq"), valid).reshape(num_tokens, config.num_heads, config.head_dim)
+        k = linear(h, lp["wk"], lp.get("bk"), valid).reshape(num_tokens, config.num_kv_heads, config.head_dim)
+        v = linear(h, lp["wv"], lp.get("bv"), valid).reshape(num_tokens, config.num_kv_heads, config.head_dim)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         o, cache = attention_block(q, k, v, cache, index, meta, positions)
-        x = x + linear(o.reshape(num_tokens, -1), lp["wo"])
+        x = x + linear(o.reshape(num_tokens, -1), lp["wo"], valid_rows=valid)
         h = rms_norm(x, lp["mlp_norm"], config.rms_norm_eps)
-        x = x + gated_mlp(h, lp["w_gate"], lp["w_up"], lp["w_down"])
+        x = x + gated_mlp(h, lp["w_gate"], lp["w_up"], lp["w_down"], valid)
         return (x, cache), None
 
     x = embed_lookup(params["embed"], tokens)

@@ -78,6 +78,21 @@ def test_matmul_tails_and_padding(bits, group, signed):
         np.testing.assert_allclose(ours, np.asarray(x) @ dense[0], rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("bits,group,signed", [(32, None, False), (8, None, False), (4, 32, False)])
+def test_matmul_skips_padding_rows(bits, group, signed):
+    """Rows from `valid_rows` on (a traced count) are not computed and come back zero; the rest are unchanged, on
+    both sides of the fused / blocked switch at 8 rows."""
+    rng = np.random.default_rng(11)
+    packed, dense = _weight(rng, bits, group, signed, False, layers=1, k=128, n=64)
+    x = jnp.asarray(rng.standard_normal((16, 128)), jnp.float32)
+    run = jax.jit(ck.matmul)
+    for valid in (0, 1, 5, 9, 16, 40):
+        ours = np.asarray(run(x, packed, jnp.int32(valid)))
+        kept = min(valid, 16)
+        np.testing.assert_allclose(ours[:kept], np.asarray(x[:kept]) @ dense[0], rtol=0, atol=1e-4)
+        assert not ours[kept:].any(), f"valid_rows={valid}: padding rows were computed"
+
+
 @pytest.mark.parametrize("bits,group,signed", FORMATS)
 def test_packed_rows_are_the_tables_rows(bits, group, signed):
     """A tied embedding stored as the packed LM head still looks rows up exactly (every lane of a tile)."""
