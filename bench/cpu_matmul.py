@@ -80,7 +80,8 @@ def main() -> int:
                        **{f"{p}_ms": 1e3 * t for p, t in times.items()},
                        "cpu_gb_s": nbytes / times["cpu"] / 1e9, "cpu_gflop_s": flops / times["cpu"] / 1e9,
                        "xla_gflop_s": flops / times["xla"] / 1e9, "speedup": times["xla"] / times["cpu"],
-                       "cpu_frac_bandwidth": nbytes / times["cpu"] / read, "cpu_frac_flops": flops / times["cpu"] / peak}
+                       "cpu_frac_bandwidth": nbytes / times["cpu"] / read,
+                       "cpu_frac_flops": flops / times["cpu"] / peak}
                 rows.append(row)
                 print(f"{fmt:8s} {name:18s} M={m:4d}  cpu {row['cpu_ms']:8.3f} ms ({row['cpu_gb_s']:5.1f} GB/s, "
                       f"{row['cpu_gflop_s']:6.1f} GFLOP/s)  xla {row['xla_ms']:8.3f} ms  {row['speedup']:5.2f}x",

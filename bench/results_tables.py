@@ -141,7 +141,8 @@ def render_kernels(d: dict) -> list[str]:
 
 def render_cpu_matmul(d: dict) -> list[str]:
     rows = [[r["format"], r["shape"], r["rows"], f(r["cpu_ms"], 3), f(r["xla_ms"], 3), f(r["speedup"], 2),
-             f"{r['cpu_gb_s']:.1f} ({r['cpu_frac_bandwidth']:.0%})", f"{r['cpu_gflop_s']:.0f} ({r['cpu_frac_flops']:.0%})"]
+             f"{r['cpu_gb_s']:.1f} ({r['cpu_frac_bandwidth']:.0%})",
+             f"{r['cpu_gflop_s']:.0f} ({r['cpu_frac_flops']:.0%})"]
             for r in d["results"]]
     return [(f"Native kernel (`cpu_kernels.matmul`, SIMD: {d['simd']}) against XLA's dot on the same weights. Peaks "
              f"in the same run: read {d['read_bytes_per_s'] / 1e9:.1f} GB/s, float32 matmul (XLA) "

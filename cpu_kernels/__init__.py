@@ -36,5 +36,18 @@ def has_simd() -> bool:
     return bool(load().cpuk_simd())
 
 
+def unusable_reason(platform: str, require_simd: bool) -> str | None:
+    """Why the kernels cannot serve JAX platform `platform` (None when they can); `require_simd` also refuses a
+    build without AVX2/FMA, whose plain loops are correct but slower than XLA."""
+    if platform != "cpu":
+        return f"the native kernels run on XLA:CPU only, not {platform!r}"
+    if not available():
+        return f"the native CPU kernels are unavailable: {unavailable_reason()}"
+    if require_simd and not has_simd():
+        return "the native CPU kernels were built without AVX2/FMA (plain loops would be slower than XLA)"
+    return None
+
+
 __all__ = ["BuildError", "PackedWeight", "available", "has_simd", "load", "matmul", "matmul_reference", "pack",
-           "packed_rows", "paged_attention", "paged_attention_reference", "unavailable_reason", "unpack"]
+           "packed_rows", "paged_attention", "paged_attention_reference", "unavailable_reason", "unpack",
+           "unusable_reason"]

@@ -30,8 +30,8 @@ TILE = 32
 class PackedWeight:
     """A `[K, N]` weight (stacked over L layers) in the kernel's tile layout; see the module docstring.
 
-    `layer` selects the layer a matmul uses (a traced index inside a layer scan; None: layer 0). `bits` is 32, 8 or 4; `n` the
-    logical output channels; `dtype` the float dtype results are cast to.
+    `layer` selects the layer a matmul uses (a traced index inside a layer scan; None: layer 0). `bits` is 32, 8
+    or 4; `n` the logical output channels; `dtype` the float dtype results are cast to.
     """
 
     values: Any

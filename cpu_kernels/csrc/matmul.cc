@@ -15,6 +15,7 @@
 
 #include "parallel.h"
 #include "simd.h"
+#include "tiles.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -22,60 +23,7 @@ namespace ffi = xla::ffi;
 namespace cpuk {
 namespace {
 
-enum class Fmt { kF32, kI8, kU4, kI4 };
-
-constexpr int kTile = 32;          // output channels per tile
 constexpr int64_t kFusedRows = 8;  // below this many rows of x, the fused loop; from it, decode-then-multiply
-
-struct Weight {
-  const uint8_t* values;  // this layer's tiles
-  int64_t k, n, tiles;    // n = 32 * tiles (padded channels)
-  const void* scales;     // this layer's [G, n], null for float weights
-  const void* offsets;    // null when symmetric
-  bool f16;
-  int64_t groups;
-};
-
-constexpr int64_t row_bytes(Fmt f) { return f == Fmt::kF32 ? 4 * kTile : (f == Fmt::kI8 ? kTile : kTile / 2); }
-
-inline const uint8_t* tile_row(const Weight& w, Fmt f, int64_t tile, int64_t kk) {
-  return w.values + (tile * w.k + kk) * row_bytes(f);
-}
-
-inline V8 vec_at(const void* p, int64_t i, bool f16) {
-  return f16 ? load_f16(static_cast<const uint16_t*>(p) + i) : loadf(static_cast<const float*>(p) + i);
-}
-
-// Vector v (0..3) of a tile row covers channels [8 v, 8 v + 8) of the tile. Sub-tile `sub` of width TW vectors
-// (TW = 2: sub 0 = vectors {0, 1}, sub 1 = {2, 3}; TW = 4: all) decodes into v[0..TW).
-template <Fmt F, int TW>
-inline void decode(const uint8_t* row, int sub, V8 (&v)[TW]) {
-  if constexpr (F == Fmt::kF32) {
-    for (int i = 0; i < TW; ++i) v[i] = loadf(reinterpret_cast<const float*>(row) + 8 * (sub * TW + i));
-  } else if constexpr (F == Fmt::kI8) {
-    for (int i = 0; i < TW; ++i) v[i] = load_i8(reinterpret_cast<const int8_t*>(row) + 8 * (sub * TW + i));
-  } else {
-    // Bytes [8 j, 8 j + 8) hold channels 8 j.. (low) and 16 + 8 j.. (high): vectors j and j + 2.
-    V8 lo[2], hi[2];
-    const int first = TW == 4 ? 0 : sub, count = TW == 4 ? 2 : 1;
-    for (int j = 0; j < count; ++j) {
-      if constexpr (F == Fmt::kU4) load_u4(row + 8 * (first + j), lo[j], hi[j]);
-      else load_i4(reinterpret_cast<const int8_t*>(row) + 8 * (first + j), lo[j], hi[j]);
-    }
-    if constexpr (TW == 4) v[0] = lo[0], v[1] = lo[1], v[2] = hi[0], v[3] = hi[1];
-    else v[0] = lo[0], v[1] = hi[0];
-  }
-}
-
-// The tile channel (0..31) of vector i of sub-tile `sub`.
-template <Fmt F, int TW>
-inline int channel(int sub, int i) {
-  if constexpr (F == Fmt::kU4 || F == Fmt::kI4) {
-    if constexpr (TW == 4) return i < 2 ? 8 * i : 16 + 8 * (i - 2);
-    return i == 0 ? 8 * sub : 16 + 8 * sub;
-  }
-  return 8 * (sub * TW + i);
-}
 
 // ---- small M: fused ----
 

@@ -69,15 +69,9 @@ def _cpu_attention(backend: str, model: ModelConfig | None, platform: str) -> Ca
     """The native CPU kernel, or (auto only) the XLA path with the reason logged."""
     import cpu_kernels
 
-    reason = None
-    if platform != "cpu":
-        reason = f"the native kernels run on XLA:CPU only, not {platform!r}"
-    elif model is not None and model.head_dim % 8:
+    reason = cpu_kernels.unusable_reason(platform, require_simd=backend == "auto")
+    if reason is None and model is not None and model.head_dim % 8:
         reason = f"the native kernel needs head_dim divisible by 8, got {model.head_dim}"
-    elif not cpu_kernels.available():
-        reason = f"the native CPU kernels are unavailable: {cpu_kernels.unavailable_reason()}"
-    elif backend == "auto" and not cpu_kernels.has_simd():
-        reason = "the native CPU kernels were built without AVX2/FMA (plain loops would be slower than XLA)"
     if reason is None:
         from jaxserve.attention.cpu import paged_attention
 

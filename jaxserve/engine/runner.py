@@ -168,7 +168,8 @@ class ModelRunner:
         hidden, self.cache = self._model_step(self.params, tokens=inputs.tokens, positions=inputs.positions,
                                               cache=self.cache, meta=meta)
         # Select the sampling rows first, so the sampler compiles per row bucket only.
-        outputs = self._sample_step(self.params, self._select_rows(hidden, inputs.logits_indices), tensors, variant=variant)
+        rows = self._select_rows(hidden, inputs.logits_indices)
+        outputs = self._sample_step(self.params, rows, tensors, variant=variant)
         if want_prompt_logprobs:
             self._note_shape(("prompt_logprobs", num_tokens))
             outputs["prompt"] = self._prompt_logprobs_step(self.params, hidden, targets)

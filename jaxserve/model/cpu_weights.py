@@ -29,15 +29,9 @@ def resolve_matmul_backend(backend: str, platform: str, tensor_parallel_size: in
         raise ValueError(f"matmul_backend must be one of {MATMUL_BACKENDS}, got {backend!r}")
     if backend == "xla":
         return "xla"
-    reason = None
-    if platform != "cpu":
-        reason = f"the native kernels run on XLA:CPU only, not {platform!r}"
-    elif tensor_parallel_size > 1 or num_processes > 1:
+    reason = cpu_kernels.unusable_reason(platform, require_simd=backend == "auto")
+    if reason is None and (tensor_parallel_size > 1 or num_processes > 1):
         reason = "packed weights are not split over devices (tensor parallelism and multi-host use XLA)"
-    elif not cpu_kernels.available():
-        reason = f"the native CPU kernels are unavailable: {cpu_kernels.unavailable_reason()}"
-    elif backend == "auto" and not cpu_kernels.has_simd():
-        reason = "the native CPU kernels were built without AVX2/FMA (plain loops would be slower than XLA)"
     if reason is None:
         return "cpu"
     if backend == "cpu":

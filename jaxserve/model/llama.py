@@ -60,14 +60,15 @@ def forward(
         x, cache = carry
         lp, index = inputs
         h = rms_norm(x, lp["attn_norm"], config.rms_norm_eps)
-        q = linear(h, lp["wq"], lp.get("bq"), valid).reshape(num_tokens, config.num_heads, config.head_dim)
-        k = linear(h, lp["wk"], lp.get("bk"), valid).reshape(num_tokens, config.num_kv_heads, config.head_dim)
-        v = linear(h, lp["wv"], lp.get("bv"), valid).reshape(num_tokens, config.num_kv_heads, config.head_dim)
+        q = linear(h, lp["wq"], lp.get("bq"), valid_rows=valid).reshape(num_tokens, config.num_heads, config.head_dim)
+        kv_shape = (num_tokens, config.num_kv_heads, config.head_dim)
+        k = linear(h, lp["wk"], lp.get("bk"), valid_rows=valid).reshape(kv_shape)
+        v = linear(h, lp["wv"], lp.get("bv"), valid_rows=valid).reshape(kv_shape)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         o, cache = attention_block(q, k, v, cache, index, meta, positions)
         x = x + linear(o.reshape(num_tokens, -1), lp["wo"], valid_rows=valid)
         h = rms_norm(x, lp["mlp_norm"], config.rms_norm_eps)
-        x = x + gated_mlp(h, lp["w_gate"], lp["w_up"], lp["w_down"], valid)
+        x = x + gated_mlp(h, lp["w_gate"], lp["w_up"], lp["w_down"], valid_rows=valid)
         return (x, cache), None
 
     x = embed_lookup(params["embed"], tokens)

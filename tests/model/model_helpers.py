@@ -73,7 +73,6 @@ def paged_prompt_logits(loaded: Any, tokens: list[int], chunks: list[int] | None
     from jaxserve.attention.xla import context_chunk_blocks
     from jaxserve.kv_cache import allocate_kv_cache
     from jaxserve.model.llama import compute_logits, forward, unstack_layers
-
     from jaxserve.attention.dispatch import get_attention_fn
     from jaxserve.model.cpu_weights import pack_params
 
