@@ -5,6 +5,7 @@
 // keys below s's context length come from its pages ([L, Hkv, blocks, block_size, D], float32, bfloat16 bits or
 // int8 with per-token scales [L, Hkv, blocks, block_size]); later keys are this step's own new K/V rows, exact.
 // One work item is a (token, KV head) pair: the G query heads that share the KV head read each key once.
+// A sequence with several query tokens in the step (a prompt chunk) goes by tiles instead: attention_tiled.h.
 // The softmax is online (running max and normaliser), over blocks of up to 16 keys.
 #include <algorithm>
 #include <cmath>
@@ -12,6 +13,8 @@
 #include <limits>
 #include <vector>
 
+#include "attention_problem.h"
+#include "attention_tiled.h"
 #include "parallel.h"
 #include "simd.h"
 #include "xla/ffi/api/ffi.h"
@@ -21,51 +24,7 @@ namespace ffi = xla::ffi;
 namespace cpuk {
 namespace {
 
-enum class KvFmt { kF32, kBF16, kI8 };
-
 constexpr int kBlock = 16;  // keys per softmax update
-
-struct Problem {
-  const float* q;      // [T, Hq, D], pre-scaled copy is made per item
-  const float* k_new;  // [T, Hkv, D]
-  const float* v_new;
-  const uint8_t* k_pages;  // this layer: [Hkv, NB, B, D]
-  const uint8_t* v_pages;
-  const float* k_scale;  // this layer: [Hkv, NB, B] (int8 pages only)
-  const float* v_scale;
-  const int32_t* block_tables;  // [S, W]
-  const int32_t* context_lens;  // [S]
-  const int32_t* query_start;   // [S + 1]
-  const int32_t* token_seq;     // [T]
-  const int32_t* positions;     // [T]
-  float* out;                   // [T, Hq, D]
-  int64_t num_tokens, valid_tokens, hq, hkv, d, nb, bs, num_seqs, width;
-  float scale;
-  int64_t window;
-  KvFmt fmt;
-};
-
-// One key (or value) row as floats: page rows are decoded into `buf`, float32 rows are used in place.
-inline const float* row_f32(const Problem& pb, const uint8_t* base, int64_t elem, float* buf) {
-  switch (pb.fmt) {
-    case KvFmt::kF32: {
-      const float* p = reinterpret_cast<const float*>(base) + elem;
-      for (int64_t c = 0; c < pb.d; c += 8) storef(buf + c, loadf(p + c));
-      return buf;
-    }
-    case KvFmt::kBF16: {
-      const uint16_t* p = reinterpret_cast<const uint16_t*>(base) + elem;
-      for (int64_t c = 0; c < pb.d; c += 8) storef(buf + c, load_bf16(p + c));
-      return buf;
-    }
-    case KvFmt::kI8: {
-      const int8_t* p = reinterpret_cast<const int8_t*>(base) + elem;
-      for (int64_t c = 0; c < pb.d; c += 8) storef(buf + c, load_i8(p + c));
-      return buf;
-    }
-  }
-  return nullptr;
-}
 
 // Scratch per item: scaled queries [G, D], accumulators [G, D], decoded K and V rows [kBlock, D] each.
 struct Item {
@@ -87,17 +46,19 @@ struct Item {
     const float* kr[kBlock];
     const float* vr[kBlock];
     alignas(32) float ks[kBlock], vs[kBlock];
-    // All K rows, then all V rows: two sequential streams, not one alternating between them.
+    // float32 rows are read in place; other formats are decoded, all K rows, then all V rows (two sequential
+    // streams, not one alternating between them).
+    const bool in_place = pb.fmt == KvFmt::kF32;
     for (int j = 0; j < n; ++j) {
       const Key& key = keys[j];
-      kr[j] = key.is_new ? reinterpret_cast<const float*>(key.kbase) + key.elem
-                         : row_f32(pb, key.kbase, key.elem, kbuf + j * d);
+      kr[j] = key.is_new || in_place ? reinterpret_cast<const float*>(key.kbase) + key.elem
+                                     : row_f32(pb, key.kbase, key.elem, kbuf + j * d);
       ks[j] = key.ks, vs[j] = key.vs;
     }
     for (int j = 0; j < n; ++j) {
       const Key& key = keys[j];
-      vr[j] = key.is_new ? reinterpret_cast<const float*>(key.vbase) + key.elem
-                         : row_f32(pb, key.vbase, key.elem, vbuf + j * d);
+      vr[j] = key.is_new || in_place ? reinterpret_cast<const float*>(key.vbase) + key.elem
+                                     : row_f32(pb, key.vbase, key.elem, vbuf + j * d);
     }
     for (int j = n; j < kBlock; ++j) kr[j] = kr[0], vr[j] = vr[0], ks[j] = vs[j] = 0.0f;  // masked below
     alignas(32) float sc[64][kBlock];
@@ -241,13 +202,46 @@ ffi::Error AttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buf
   pb.valid_tokens = std::min<int64_t>(*num_tokens.typed_data(), pb.num_tokens);
   pb.scale = scale, pb.window = sliding_window;
 
-  const int64_t items = pb.num_tokens * pb.hkv;
+  // Work: a sequence with kMinTiledTokens or more query tokens in the step goes by tiles of its tokens (per KV
+  // head); every other token (decodes, padding, short chunks) is a per-token item. Tiles first, longest context
+  // first, so the threads' claims balance out.
+  const int64_t g = pb.hq / pb.hkv;
+  const bool can_tile = pb.d % 32 == 0 && pb.d <= 512;
+  const int64_t tile_tokens = std::max<int64_t>(1, kTileRows / g);
+  struct Tile { int64_t seq, t0, nt, kvh, cost; };
+  std::vector<Tile> tiles;
+  std::vector<char> tiled(pb.num_tokens, 0);
+  for (int64_t s = 0; can_tile && s < pb.num_seqs; ++s) {
+    const int64_t a = std::clamp<int64_t>(pb.query_start[s], 0, pb.valid_tokens);
+    const int64_t b = std::clamp<int64_t>(pb.query_start[s + 1], a, pb.valid_tokens);
+    if (b - a < kMinTiledTokens) continue;
+    bool own = true;  // the tile path assumes the rows [a, b) are this sequence's, as query_start says
+    for (int64_t t = a; t < b && own; ++t) own = pb.token_seq[t] == s;
+    if (!own) continue;
+    for (int64_t t0 = a; t0 < b; t0 += tile_tokens) {
+      const int64_t nt = std::min(tile_tokens, b - t0);
+      for (int64_t kvh = 0; kvh < pb.hkv; ++kvh) tiles.push_back({s, t0, nt, kvh, pb.positions[t0 + nt - 1]});
+    }
+    std::fill(tiled.begin() + a, tiled.begin() + b, 1);
+  }
+  std::stable_sort(tiles.begin(), tiles.end(), [](const Tile& x, const Tile& y) { return x.cost > y.cost; });
+  std::vector<int64_t> singles;
+  for (int64_t t = 0; t < pb.num_tokens; ++t)
+    if (!tiled[t]) singles.push_back(t);
+  const int64_t items = int64_t(singles.size()) * pb.hkv;
   const int64_t threads = std::max<int64_t>(pool.num_threads(), 1);
   const int64_t chunks = std::min<int64_t>(items, 8 * threads);
-  parallel_for(pool, chunks, [&](int64_t c) {
+  const int64_t num_tiles = tiles.size();
+  parallel_for(pool, num_tiles + chunks, [&](int64_t c) {
+    if (c < num_tiles) {
+      TileScratch ts;
+      const Tile& tile = tiles[c];
+      return run_tile(pb, tile.seq, tile.t0, tile.nt, tile.kvh, ts);
+    }
+    c -= num_tiles;
     std::vector<float> scratch;
     for (int64_t i = items * c / chunks; i < items * (c + 1) / chunks; ++i)
-      run_item(pb, i / pb.hkv, i % pb.hkv, scratch);
+      run_item(pb, singles[i / pb.hkv], i % pb.hkv, scratch);
   });
   return ffi::Error::Success();
 }

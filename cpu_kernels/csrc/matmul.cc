@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "parallel.h"
+#include "block512.h"
 #include "simd.h"
 #include "tiles.h"
 #include "xla/ffi/api/ffi.h"
@@ -133,6 +134,7 @@ void block(const float* wt, int64_t k, const float* x, float* y, int64_t ldy, in
   }
 }
 
+
 template <Fmt F>
 void blocked_tile(const Weight& w, const float* x, float* y, int64_t m, int64_t tile, std::vector<float>& buf) {
   const float* wt;
@@ -144,6 +146,15 @@ void blocked_tile(const Weight& w, const float* x, float* y, int64_t m, int64_t 
     wt = buf.data();
   }
   float* yt = y + tile * kTile;
+#if CPUK_AVX512
+  for (int64_t k0 = 0; k0 < w.k; k0 += kDepthBlock) {
+    const int64_t kc = std::min(kDepthBlock, w.k - k0);
+    int64_t r = 0;
+    for (; r + 12 <= m; r += 12) block512<12>(wt + k0 * kTile, kc, x + r * w.k + k0, w.k, yt + r * w.n, w.n, k0 == 0);
+    if (r < m) blocks512<11>(wt + k0 * kTile, kc, x + r * w.k + k0, w.k, yt + r * w.n, w.n, k0 == 0, m - r);
+  }
+  return;
+#endif
   for (int half = 0; half < 2; ++half) {
     int64_t r = 0;
     for (; r + 6 <= m; r += 6) block<6>(wt, w.k, x + r * w.k, yt + r * w.n, w.n, half);

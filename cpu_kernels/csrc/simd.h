@@ -12,6 +12,12 @@
 #else
 #define CPUK_SIMD 0
 #endif
+// 16-lane kernels where the compiler targets AVX-512 (the blocked matmul); the rest stays on eight lanes.
+#if CPUK_SIMD && defined(__AVX512F__)
+#define CPUK_AVX512 1
+#else
+#define CPUK_AVX512 0
+#endif
 
 namespace cpuk {
 

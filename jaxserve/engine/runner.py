@@ -169,7 +169,7 @@ class ModelRunner:
                                               cache=self.cache, meta=meta)
         # Select the sampling rows first, so the sampler compiles per row bucket only.
         rows = self._select_rows(hidden, inputs.logits_indices)
-        outputs = self._sample_step(self.params, rows, tensors, variant=variant)
+        outputs = self._sample_step(self.params, rows, tensors, inputs.num_rows_used, variant=variant)
         if want_prompt_logprobs:
             self._note_shape(("prompt_logprobs", num_tokens))
             outputs["prompt"] = self._prompt_logprobs_step(self.params, hidden, targets)
@@ -240,9 +240,9 @@ def _next_tokens(batch: ScheduledBatch, num_slots: int) -> np.ndarray:
     return targets
 
 
-def _logits_and_sample(params: dict[str, Any], rows: jax.Array, tensors: SamplingTensors,
+def _logits_and_sample(params: dict[str, Any], rows: jax.Array, tensors: SamplingTensors, num_rows_used: jax.Array,
                        variant: str) -> dict[str, jax.Array]:
-    return sample(compute_logits(params, rows), tensors, variant)
+    return sample(compute_logits(params, rows, valid_rows=num_rows_used[0]), tensors, variant)
 
 
 def _prompt_logprobs(params: dict[str, Any], hidden: jax.Array, targets: jax.Array) -> dict[str, jax.Array]:

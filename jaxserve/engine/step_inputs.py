@@ -24,6 +24,7 @@ class StepInputs:
     seq_lens: np.ndarray
     query_start_loc: np.ndarray
     logits_indices: np.ndarray
+    num_rows_used: np.ndarray  # int32 [1]: sampling rows that are real (the rest pad the row bucket)
     sampling: dict[str, np.ndarray]
     sampled: list[bool]  # which sampling rows draw a token this step (prompt fully computed); forks follow seqs
     prompt_targets: np.ndarray | None = None  # next prompt token per packed token, when prompt logprobs are asked
@@ -82,8 +83,9 @@ def build_step_inputs(batch: ScheduledBatch, *, num_token_slots: int, num_rows: 
     if batch.copies:
         page_copies = np.zeros((max_num_seqs, 2), np.int32)  # (0, 0) copies the reserved page onto itself
         page_copies[:len(batch.copies)] = batch.copies
+    num_rows_used = np.asarray([len(rows)], np.int32)
     return StepInputs(tokens, positions, slot_mapping, block_tables, seq_lens, query_start_loc, logits_indices,
-                      sampling, sampled, page_copies=page_copies)
+                      num_rows_used, sampling, sampled, page_copies=page_copies)
 
 
 def build_sampling_rows(seqs: list[Sequence], num_rows: int, full: bool, max_model_len: int,

@@ -107,11 +107,15 @@ def unstack_layers(params: Params) -> Params:
     return {**params, "layers": [jax.tree_util.tree_map(lambda a, i=i: a[i], layers) for i in range(num_layers)]}
 
 
-def compute_logits(params: Params, hidden: jax.Array) -> jax.Array:
-    """float32 logits `[rows, vocab]` from final hidden states (tied embeddings when there is no `lm_head`)."""
+def compute_logits(params: Params, hidden: jax.Array, valid_rows: jax.Array | None = None) -> jax.Array:
+    """float32 logits `[rows, vocab]` from final hidden states (tied embeddings when there is no `lm_head`).
+
+    `valid_rows` (may be traced): rows from it on are a bucket's padding; the native CPU kernel skips them (their
+    logits come back zero), the other paths compute them anyway.
+    """
     head = params.get("lm_head", params["embed"])
     if isinstance(head, PackedWeight):  # packed for the native CPU kernel (a tied embedding included)
-        return cpu_kernels.matmul(hidden, head)
+        return cpu_kernels.matmul(hidden, head, valid_rows=valid_rows)
     if is_quantized(head):  # an out-first (tied) embedding contracts its hidden axis, like the branch below
         return quantized_matmul(hidden, head)
     if "lm_head" in params:

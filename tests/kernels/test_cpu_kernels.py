@@ -21,7 +21,8 @@ pytestmark = pytest.mark.skipif(not ck.available(), reason=f"CPU kernels unavail
 # (bits, group size, signed 4-bit): float32, int8 per channel, int8 groups (GGUF Q8_0), int4 + offsets (Q4_1) in
 # groups of 32 and 64, and signed int4 without offsets (Q4_0).
 FORMATS = [(32, None, False), (8, None, False), (8, 32, False), (4, 32, False), (4, 64, False), (4, 32, True)]
-ROWS = [1, 2, 5, 7, 8, 13, 100]  # 1: the single-row path; 2-7: fused row blocks; >= 8: dequantize-then-multiply
+# 1: the single-row path; 2-7: fused row blocks; >= 8: dequantize-then-multiply (row blocks of 6, or 12 with AVX-512)
+ROWS = [1, 2, 5, 7, 8, 13, 100]
 
 
 def _signed_int4(w: np.ndarray, group: int, out_first: bool) -> QuantizedTensor:
@@ -76,6 +77,18 @@ def test_matmul_tails_and_padding(bits, group, signed):
         ours = np.asarray(ck.matmul(x, packed))
         assert ours.shape == (m, 40)
         np.testing.assert_allclose(ours, np.asarray(x) @ dense[0], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("bits,group,signed", FORMATS)
+def test_matmul_key_blocks_and_row_blocks(bits, group, signed):
+    """K = 448: two full key blocks of the blocked kernel and a short one; rows in full blocks and remainders."""
+    rng = np.random.default_rng(11)
+    packed, dense = _weight(rng, bits, group, signed, False, layers=1, k=448, n=64)
+    for m in (12, 25, 47):
+        x = jnp.asarray(rng.standard_normal((m, 448)), jnp.float32)
+        ref = np.asarray(x) @ dense[0].astype(np.float64)
+        err = np.abs(np.asarray(ck.matmul(x, packed)) - ref).max() / np.abs(ref).max()
+        assert err < 1e-5, f"m={m}: {err:.2e}"
 
 
 @pytest.mark.parametrize("bits,group,signed", [(32, None, False), (8, None, False), (4, 32, False)])
@@ -172,10 +185,50 @@ def test_paged_attention_matches_the_reference(fmt, hq, hkv, d, window):
     assert not np.asarray(ours)[-3:].any(), "padding tokens get zeros"
 
 
+@pytest.mark.parametrize("fmt", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("hq,hkv,d,block_size", [(9, 3, 64, 16), (4, 4, 32, 8), (8, 1, 128, 16), (6, 2, 96, 32)])
+@pytest.mark.parametrize("window", [None, 23])
+def test_paged_attention_prompt_chunks_match_the_reference(fmt, hq, hkv, d, block_size, window):
+    """Prompt chunks take the tiled path (4+ tokens of one sequence): fresh prompts, chunks continuing from pages
+    (crossing page boundaries, several tiles per chunk), the shortest tiled chunk, beside decodes and a short chunk
+    that stays per token."""
+    rng = np.random.default_rng(hq * 100 + d + block_size + (window or 0))
+    args = _attention_case(rng, [0, 37, 0, 5, 61, 90], [53, 41, 4, 3, 1, 17], hq, hkv, d, fmt, block_size)
+    ours = ck.paged_attention(*args, scale=d ** -0.5, sliding_window=window)
+    ref = ck.paged_attention_reference(*args, scale=d ** -0.5, sliding_window=window)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), atol=2e-5, rtol=0)
+    assert not np.asarray(ours)[-3:].any(), "padding tokens get zeros"
+
+
+def test_paged_attention_tiles_agree_with_per_token_items():
+    """The same queries give the same outputs whether a chunk is tiled (4 tokens) or split into per-token items:
+    each token of the chunk asked on its own, as a decode at its position over the pages written so far."""
+    rng = np.random.default_rng(7)
+    args = list(_attention_case(rng, [29], [6], 9, 3, 64, "float32", pad=0))
+    tiled = np.asarray(ck.paged_attention(*args, scale=0.125))
+    q, k_new, v_new, k_pages, v_pages, _, _, layer, tables, _, _, _, positions, _ = args
+    block_size = k_pages.shape[3]
+    for i in range(6):  # token i: its own K/V and the earlier new rows written into the pages first
+        kp, vp = k_pages, v_pages
+        for j in range(i):
+            pos = 29 + j
+            page = int(tables[0, pos // block_size])
+            kp = kp.at[layer, :, page, pos % block_size].set(k_new[j])
+            vp = vp.at[layer, :, page, pos % block_size].set(v_new[j])
+        single = ck.paged_attention(q[i:i + 1], k_new[i:i + 1], v_new[i:i + 1], kp, vp, None, None, layer, tables,
+                                    jnp.asarray([29 + i], jnp.int32), jnp.asarray([0, 1], jnp.int32),
+                                    jnp.zeros((1,), jnp.int32), positions[i:i + 1], 1, scale=0.125)
+        np.testing.assert_allclose(tiled[i], np.asarray(single)[0], atol=2e-6, rtol=0)
+
+
 def test_paged_attention_never_reads_outside_the_pool():
     """Out-of-range page ids (a corrupted table) read the reserved page instead of memory past the pool."""
     rng = np.random.default_rng(0)
     args = list(_attention_case(rng, [40], [1], 4, 2, 64, "float32"))
+    args[8] = args[8].at[0, 1].set(10_000_000).at[0, 2].set(-5)
+    out = np.asarray(ck.paged_attention(*args, scale=0.125))
+    assert np.isfinite(out).all()
+    args = list(_attention_case(rng, [40], [20], 4, 2, 64, "float32"))  # the same through the tiled path
     args[8] = args[8].at[0, 1].set(10_000_000).at[0, 2].set(-5)
     out = np.asarray(ck.paged_attention(*args, scale=0.125))
     assert np.isfinite(out).all()
