@@ -46,19 +46,17 @@ struct Item {
     const float* kr[kBlock];
     const float* vr[kBlock];
     alignas(32) float ks[kBlock], vs[kBlock];
-    // float32 rows are read in place; other formats are decoded, all K rows, then all V rows (two sequential
-    // streams, not one alternating between them).
-    const bool in_place = pb.fmt == KvFmt::kF32;
+    // All K rows, then all V rows (decoded ones: two sequential streams, not one alternating between them).
     for (int j = 0; j < n; ++j) {
       const Key& key = keys[j];
-      kr[j] = key.is_new || in_place ? reinterpret_cast<const float*>(key.kbase) + key.elem
-                                     : row_f32(pb, key.kbase, key.elem, kbuf + j * d);
+      kr[j] = key.is_new ? reinterpret_cast<const float*>(key.kbase) + key.elem
+                         : row_f32(pb, key.kbase, key.elem, kbuf + j * d);
       ks[j] = key.ks, vs[j] = key.vs;
     }
     for (int j = 0; j < n; ++j) {
       const Key& key = keys[j];
-      vr[j] = key.is_new || in_place ? reinterpret_cast<const float*>(key.vbase) + key.elem
-                                     : row_f32(pb, key.vbase, key.elem, vbuf + j * d);
+      vr[j] = key.is_new ? reinterpret_cast<const float*>(key.vbase) + key.elem
+                         : row_f32(pb, key.vbase, key.elem, vbuf + j * d);
     }
     for (int j = n; j < kBlock; ++j) kr[j] = kr[0], vr[j] = vr[0], ks[j] = vs[j] = 0.0f;  // masked below
     alignas(32) float sc[64][kBlock];

@@ -30,14 +30,11 @@ struct Problem {
   KvFmt fmt;
 };
 
-// One key (or value) row of the pages as floats, decoded (float32: copied) into `buf`, which is returned.
+// One key (or value) row of the pages as floats: float32 rows in place, other formats decoded into `buf`.
 inline const float* row_f32(const Problem& pb, const uint8_t* base, int64_t elem, float* buf) {
   switch (pb.fmt) {
-    case KvFmt::kF32: {
-      const float* p = reinterpret_cast<const float*>(base) + elem;
-      for (int64_t c = 0; c < pb.d; c += 8) storef(buf + c, loadf(p + c));
-      return buf;
-    }
+    case KvFmt::kF32:
+      return reinterpret_cast<const float*>(base) + elem;
     case KvFmt::kBF16: {
       const uint16_t* p = reinterpret_cast<const uint16_t*>(base) + elem;
       for (int64_t c = 0; c < pb.d; c += 8) storef(buf + c, load_bf16(p + c));

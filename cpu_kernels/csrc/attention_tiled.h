@@ -121,7 +121,8 @@ inline void run_tile(const Problem& pb, int64_t s, int64_t t0, int64_t nt, int64
         ks[jj] = vs[jj] = 1.0f;
       } else {
         kr = row_f32(pb, pb.k_pages, at.elem, krow);
-        row_f32(pb, pb.v_pages, at.elem, vr);
+        const float* v = row_f32(pb, pb.v_pages, at.elem, vr);
+        if (v != vr) std::copy(v, v + d, vr);  // float32 rows come in place; the products want V's rows together
         ks[jj] = int8 ? pb.k_scale[at.row] : 1.0f, vs[jj] = int8 ? pb.v_scale[at.row] : 1.0f;
       }
       for (int64_t c = 0; c < d; ++c) ts.kt[c * kKeys + jj] = kr[c];
