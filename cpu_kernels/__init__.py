@@ -1,4 +1,4 @@
-"""Native CPU kernels for XLA:CPU, called through jax.ffi: weight matmuls and paged attention.
+"""Native CPU kernels for XLA:CPU, called through jax.ffi: weight matmuls, paged attention and greedy sampling.
 
 Like `pallas_kernels`, they know nothing of models: plain arrays in, arrays out, each with a jnp reference of the
 same signature. They are C++ (AVX2 + FMA on x86-64) compiled on first use and cached (`build.py`); `available()`
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .attention import paged_attention, paged_attention_reference
 from .build import BuildError, load
+from .greedy import greedy, greedy_reference
 from .matmul import matmul, matmul_reference
 from .packing import PackedWeight, pack, packed_rows, unpack
 
@@ -48,6 +49,6 @@ def unusable_reason(platform: str, require_simd: bool) -> str | None:
     return None
 
 
-__all__ = ["BuildError", "PackedWeight", "available", "has_simd", "load", "matmul", "matmul_reference", "pack",
+__all__ = ["BuildError", "PackedWeight", "available", "greedy", "greedy_reference", "has_simd", "load", "matmul", "matmul_reference", "pack",
            "packed_rows", "paged_attention", "paged_attention_reference", "unavailable_reason", "unpack",
            "unusable_reason"]

@@ -126,12 +126,30 @@ void run_item(const Problem& pb, int64_t t, int64_t kvh, std::vector<float>& scr
   int n = 0;
   // The key's page slot and offset advance with j (no division per key).
   int64_t slot = lo / pb.bs, offset = lo % pb.bs, page = -1;
+  // The page one slot ahead is prefetched a key row at a time while this page's keys are gathered: every page is
+  // its own few-KiB region, which the hardware prefetchers do not run into (the per-token items stalled on each
+  // new page; decode steps of 16-48 sequences at context 360 on the 2-core VM: -10-20%).
+  const int64_t row_bytes = d * kv_elem_bytes(pb.fmt);
+  const uint8_t* ahead_k = nullptr;
+  const uint8_t* ahead_v = nullptr;
   for (int64_t j = lo; j <= pos; ++j, offset = offset + 1 == pb.bs ? (++slot, 0) : offset + 1) {
     Item::Key& key = keys[n];
     if (j < ctx) {
       if (offset == 0 || page < 0) {
         page = slot < pb.width ? table[slot] : 0;
         if (page < 0 || page >= pb.nb) page = 0;  // never read outside the pool, whatever the table says
+        const int64_t next = slot + 1 < pb.width && (slot + 1) * pb.bs < ctx ? table[slot + 1] : -1;
+        ahead_k = ahead_v = nullptr;
+        if (next >= 0 && next < pb.nb) {
+          const int64_t at = (kvh * pb.nb + next) * pb.bs * row_bytes;
+          ahead_k = pb.k_pages + at, ahead_v = pb.v_pages + at;
+        }
+      }
+      if (ahead_k != nullptr) {
+        for (int64_t b = offset * row_bytes; b < (offset + 1) * row_bytes; b += 64) {
+          __builtin_prefetch(ahead_k + b);
+          __builtin_prefetch(ahead_v + b);
+        }
       }
       const int64_t row = (kvh * pb.nb + page) * pb.bs + offset;
       key = {pb.k_pages, pb.v_pages, row * d, int8 ? pb.k_scale[row] : 1.0f, int8 ? pb.v_scale[row] : 1.0f,

@@ -30,6 +30,8 @@ struct Problem {
   KvFmt fmt;
 };
 
+inline int64_t kv_elem_bytes(KvFmt f) { return f == KvFmt::kF32 ? 4 : (f == KvFmt::kBF16 ? 2 : 1); }
+
 // One key (or value) row of the pages as floats: float32 rows in place, other formats decoded into `buf`.
 inline const float* row_f32(const Problem& pb, const uint8_t* base, int64_t elem, float* buf) {
   switch (pb.fmt) {

@@ -11,15 +11,17 @@ namespace cpuk {
 #if CPUK_AVX512
 // AVX-512: R rows x the whole 32-channel tile over kc entries of K (two 16-lane accumulators per row; R = 12 keeps
 // 24 accumulators, the two weight vectors and a broadcast in the 32 registers). `first` starts the sums; later
-// blocks of K add to y.
+// blocks of K add to y. `pf`: the first row block over this block of K streams it from memory, so it prefetches
+// ahead (decode steps of 16-64 rows: -10-20%); later row blocks find it in L1 and skip that (4% at 512 rows).
 template <int R>
-void block512(const float* wt, int64_t kc, const float* x, int64_t ldx, float* y, int64_t ldy, bool first) {
+void block512(const float* wt, int64_t kc, const float* x, int64_t ldx, float* y, int64_t ldy, bool first, bool pf) {
   __m512 acc[R][2];
   for (int r = 0; r < R; ++r) {
     acc[r][0] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(y + r * ldy);
     acc[r][1] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(y + r * ldy + 16);
   }
   for (int64_t kk = 0; kk < kc; ++kk) {
+    if (pf) prefetch_ahead<Fmt::kF32>(reinterpret_cast<const uint8_t*>(wt + kk * kTile));
     const __m512 w0 = _mm512_loadu_ps(wt + kk * kTile), w1 = _mm512_loadu_ps(wt + kk * kTile + 16);
     for (int r = 0; r < R; ++r) {
       const __m512 xb = _mm512_set1_ps(x[r * ldx + kk]);
@@ -35,10 +37,10 @@ void block512(const float* wt, int64_t kc, const float* x, int64_t ldx, float* y
 
 template <int R>
 void blocks512(const float* wt, int64_t kc, const float* x, int64_t ldx, float* y, int64_t ldy, bool first,
-               int64_t m) {
+               bool pf, int64_t m) {
   if constexpr (R > 0) {
-    if (m == R) return block512<R>(wt, kc, x, ldx, y, ldy, first);
-    return blocks512<R - 1>(wt, kc, x, ldx, y, ldy, first, m);
+    if (m == R) return block512<R>(wt, kc, x, ldx, y, ldy, first, pf);
+    return blocks512<R - 1>(wt, kc, x, ldx, y, ldy, first, pf, m);
   }
 }
 

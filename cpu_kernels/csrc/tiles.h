@@ -27,6 +27,17 @@ inline const uint8_t* tile_row(const Weight& w, Fmt f, int64_t tile, int64_t kk)
   return w.values + (tile * w.k + kk) * row_bytes(f);
 }
 
+// How far ahead of the tile row being decoded the weight stream is prefetched. The hardware prefetchers alone left
+// the few-row loops at about two thirds of the read bandwidth on the 2-core VMs (int8 decode step of the default
+// model: 21.9 -> 16.5 ms with 4 KiB ahead; 512 B ahead gained little).
+constexpr int64_t kPrefetchBytes = 4096;
+
+template <Fmt F>
+inline void prefetch_ahead(const uint8_t* row) {
+  __builtin_prefetch(row + kPrefetchBytes);
+  if constexpr (F == Fmt::kF32) __builtin_prefetch(row + kPrefetchBytes + 64);  // a float row spans two lines
+}
+
 inline V8 vec_at(const void* p, int64_t i, bool f16) {
   return f16 ? load_f16(static_cast<const uint16_t*>(p) + i) : loadf(static_cast<const float*>(p) + i);
 }

@@ -89,7 +89,11 @@ class ModelRunner:
             out_shardings=(self._replicated, pages))
         self._select_rows = jax.jit(lambda hidden, indices: hidden[indices])
         # Replicated results: the host reads them whole (on a multi-host leader, from its own devices).
-        self._sample_step = jax.jit(_logits_and_sample, static_argnames=("variant",), out_shardings=self._replicated)
+        # Where the native CPU kernels serve the matmuls, they also reduce greedy / sampled rows over the vocabulary.
+        native = resolve_matmul_backend(config.matmul_backend, self.mesh.devices.flat[0].platform, self.mesh.size,
+                                        jax.process_count()) == "cpu"
+        self._sample_step = jax.jit(functools.partial(_logits_and_sample, native=native), static_argnames=("variant",),
+                                    out_shardings=self._replicated)
         self._prompt_logprobs_step = jax.jit(_prompt_logprobs, out_shardings=self._replicated)
         self._copy_pages = jax.jit(copy_pages, donate_argnames=("cache",), out_shardings=pages)
 
@@ -241,8 +245,9 @@ def _next_tokens(batch: ScheduledBatch, num_slots: int) -> np.ndarray:
 
 
 def _logits_and_sample(params: dict[str, Any], rows: jax.Array, tensors: SamplingTensors, num_rows_used: jax.Array,
-                       variant: str) -> dict[str, jax.Array]:
-    return sample(compute_logits(params, rows, valid_rows=num_rows_used[0]), tensors, variant)
+                       variant: str, native: bool = False) -> dict[str, jax.Array]:
+    logits = compute_logits(params, rows, valid_rows=num_rows_used[0])
+    return sample(logits, tensors, variant, native=native, valid_rows=num_rows_used[0])
 
 
 def _prompt_logprobs(params: dict[str, Any], hidden: jax.Array, targets: jax.Array) -> dict[str, jax.Array]:

@@ -7,15 +7,21 @@ Three compiled variants, chosen per step on the host:
             logprobs.
 Randomness comes from a key per row derived from (request seed, sample index, output position), so a seeded
 request draws the same tokens whatever else shares its batch.
+
+With `native=True` (the runner's choice where the native CPU kernels serve the matmuls), "greedy" and "sample"
+take each row's argmax and log-normaliser from `cpu_kernels.greedy` (one vector pass per row) instead of XLA:CPU's
+scalar argmax and a full log_softmax; "full" needs every logprob and stays in XLA.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 
+import cpu_kernels
 from jaxserve.sampling_params import MAX_LOGPROBS
 
 VARIANTS = ("greedy", "sample", "full")
@@ -45,12 +51,16 @@ jax.tree_util.register_dataclass(SamplingTensors, data_fields=[f.name for f in d
                                  meta_fields=[])
 
 
-def sample(logits: jax.Array, t: SamplingTensors, variant: str) -> dict[str, jax.Array]:
+def sample(logits: jax.Array, t: SamplingTensors, variant: str, native: bool = False,
+           valid_rows: jax.Array | None = None) -> dict[str, jax.Array]:
     """Draw one token per row of float32 `logits [rows, vocab]`.
 
     Returns `tokens [rows]`, `logprob [rows]` (of the drawn token under the raw model distribution) and, in the
-    "full" variant, `top_ids` / `top_logprobs [rows, MAX_LOGPROBS]`.
+    "full" variant, `top_ids` / `top_logprobs [rows, MAX_LOGPROBS]`. `native` uses the CPU kernel for the argmax
+    and log-normaliser ("greedy" / "sample"); `valid_rows` (traced) then lets it skip a bucket's padding rows.
     """
+    if native and variant != "full":
+        return _sample_native(logits, t, variant, valid_rows)
     raw_logprobs = jax.nn.log_softmax(logits, axis=-1)
     if variant == "full":
         logits = _apply_logit_bias(logits, t.bias_ids, t.bias_values)
@@ -59,18 +69,37 @@ def sample(logits: jax.Array, t: SamplingTensors, variant: str) -> dict[str, jax
     if variant == "greedy":
         tokens = jnp.argmax(logits, axis=-1)
     else:
-        temperature = jnp.where(t.temperature > 0, t.temperature, 1.0)[:, None]
-        scaled = logits / temperature
+        scaled = _tempered(logits, t)
         if variant == "full":
             scaled = _apply_filters(scaled, t)
-        noise = jax.vmap(_gumbel, in_axes=(0, 0, None))(t.seed, t.step, logits.shape[-1])
-        sampled = jnp.argmax(scaled + noise, axis=-1)
-        tokens = jnp.where(t.temperature > 0, sampled, jnp.argmax(logits, axis=-1))
+        tokens = jnp.where(t.temperature > 0, _gumbel_max(scaled, t), jnp.argmax(logits, axis=-1))
     out = {"tokens": tokens.astype(jnp.int32),
            "logprob": jnp.take_along_axis(raw_logprobs, tokens[:, None], axis=-1)[:, 0]}
     if variant == "full":
         out["top_logprobs"], out["top_ids"] = jax.lax.top_k(raw_logprobs, MAX_LOGPROBS)
     return out
+
+
+def _sample_native(logits: jax.Array, t: SamplingTensors, variant: str,
+                   valid_rows: jax.Array | None) -> dict[str, jax.Array]:
+    best, best_logprob = cpu_kernels.greedy(logits, valid_rows)
+    if variant == "greedy":
+        return {"tokens": best, "logprob": best_logprob}
+    tokens = jnp.where(t.temperature > 0, _gumbel_max(_tempered(logits, t), t), best).astype(jnp.int32)
+    # log p(token) = logits[token] - logsumexp, and logsumexp = logits[best] - log p(best).
+    at = functools.partial(jnp.take_along_axis, axis=-1)
+    logprob = at(logits, tokens[:, None])[:, 0] - at(logits, best[:, None])[:, 0] + best_logprob
+    return {"tokens": tokens, "logprob": logprob}
+
+
+def _tempered(logits: jax.Array, t: SamplingTensors) -> jax.Array:
+    return logits / jnp.where(t.temperature > 0, t.temperature, 1.0)[:, None]
+
+
+def _gumbel_max(scaled: jax.Array, t: SamplingTensors) -> jax.Array:
+    """A draw from softmax(scaled) per row: the argmax of scaled logits plus the row's Gumbel noise."""
+    noise = jax.vmap(_gumbel, in_axes=(0, 0, None))(t.seed, t.step, scaled.shape[-1])
+    return jnp.argmax(scaled + noise, axis=-1)
 
 
 def _gumbel(seed: jax.Array, step: jax.Array, vocab: int) -> jax.Array:

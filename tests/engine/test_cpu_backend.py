@@ -48,6 +48,23 @@ def test_native_kernels_give_the_xla_paths_tokens(tiny_model, kwargs, monkeypatc
                 assert max(abs(la[t] - lb[t]) for t in la) < 1e-4
 
 
+@pytest.mark.parametrize("params", [SamplingParams(temperature=0, max_tokens=16, ignore_eos=True),
+                                    SamplingParams(temperature=0.8, seed=11, max_tokens=16, ignore_eos=True)])
+def test_native_sampler_gives_the_xla_paths_tokens(tiny_model, params):
+    """Batches that are all greedy or all plainly sampled take the native vocabulary reduction (the "greedy" /
+    "sample" variants); the tokens are the XLA path's."""
+    from jaxserve import LLM
+
+    directory, _ = tiny_model
+    prompts = [{"prompt_token_ids": tokens(s, n)} for s, n in [(1, 5), (2, 40), (3, 17)]]
+    runs = []
+    for backend in ("cpu", "xla"):
+        llm = LLM(str(directory), **KWARGS, matmul_backend=backend, attention_backend=backend)
+        runs.append([o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)])
+        assert_pool_whole(llm.engine)
+    assert runs[0] == runs[1]
+
+
 def test_memory_usage_counts_the_packed_weights(tiny_model):
     from jaxserve import LLM
 

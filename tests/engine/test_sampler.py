@@ -8,10 +8,14 @@ import jax
 import numpy as np
 import pytest
 
+import cpu_kernels
 from jaxserve.engine.sampler import SamplingTensors, sample
 from jaxserve.sampling_params import MAX_LOGPROBS
 
-_sample = jax.jit(sample, static_argnames=("variant",))
+_sample = jax.jit(sample, static_argnames=("variant", "native"))
+# The XLA reduction, and the native CPU kernel's (cpu_kernels.greedy) where it builds here.
+NATIVE = [False, pytest.param(True, marks=pytest.mark.skipif(
+    not cpu_kernels.available(), reason=f"CPU kernels unavailable: {cpu_kernels.unavailable_reason()}"))]
 
 
 def _tensors(rows: int, *, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, presence=0.0, frequency=0.0,
@@ -48,17 +52,19 @@ def _draw(logits, variant="full", **kw) -> np.ndarray:
         logits = np.concatenate([logits, filler], axis=-1)
     if logits.ndim == 1:
         logits = np.broadcast_to(logits, (kw.pop("rows", 256), logits.shape[0]))
-    return np.asarray(_sample(logits, _tensors(logits.shape[0], **kw), variant=variant)["tokens"])
+    native = kw.pop("native", False)
+    return np.asarray(_sample(logits, _tensors(logits.shape[0], **kw), variant=variant, native=native)["tokens"])
 
 
 def _random_logits(rows: int, vocab: int = 64, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, 3, (rows, vocab)).astype(np.float32)
 
 
+@pytest.mark.parametrize("native", NATIVE)
 @pytest.mark.parametrize("variant", ["greedy", "sample", "full"])
-def test_temperature_zero_is_argmax_in_every_variant(variant):
+def test_temperature_zero_is_argmax_in_every_variant(variant, native):
     logits = _random_logits(32)
-    out = _sample(logits, _tensors(32, temperature=0.0), variant=variant)
+    out = _sample(logits, _tensors(32, temperature=0.0), variant=variant, native=native)
     np.testing.assert_array_equal(out["tokens"], logits.argmax(-1))
     expected = jax.nn.log_softmax(logits)[np.arange(32), logits.argmax(-1)]
     np.testing.assert_allclose(out["logprob"], expected, atol=1e-6)
@@ -87,10 +93,11 @@ def test_min_p_drops_tokens_below_a_fraction_of_the_best():
     assert set(_draw(logits, min_p=0.25, rows=512)) == {0, 1, 2, 3}  # threshold 0.1
 
 
+@pytest.mark.parametrize("native", NATIVE)
 @pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
-def test_sample_frequencies_follow_the_tempered_softmax(temperature):
+def test_sample_frequencies_follow_the_tempered_softmax(temperature, native):
     logits = np.array([1.0, 0.5, 0.0, -1.0, -3.0], np.float32)
-    draws = _draw(logits, variant="sample", temperature=temperature, rows=4000)
+    draws = _draw(logits, variant="sample", temperature=temperature, rows=4000, native=native)
     freq = np.bincount(draws, minlength=5) / len(draws)
     expected = np.exp(logits / temperature) / np.exp(logits / temperature).sum()
     np.testing.assert_allclose(freq, expected, atol=0.03)
@@ -174,3 +181,18 @@ def test_logit_bias_adds_to_logits_before_choosing():
     out = _sample(logits[:1], _tensors(1, temperature=0.0, bias={int(worst[0]): 100.0}), variant="full")
     expected = jax.nn.log_softmax(logits[:1])[0, int(worst[0])]
     np.testing.assert_allclose(out["logprob"][0], expected, atol=1e-5)  # logprobs stay the model's own
+
+
+@pytest.mark.parametrize("native", NATIVE[1:])
+def test_native_reduction_draws_the_xla_tokens_and_logprobs(native):
+    """Mixed greedy / sampled rows over a real-sized vocabulary: the same tokens (the noise is the same) and the
+    drawn tokens' raw logprobs, with the native argmax and log-normaliser in place of XLA's."""
+    logits = _random_logits(12, vocab=49_152, seed=3)
+    temperature = np.where(np.arange(12) % 3 == 0, 0.0, 0.9).astype(np.float32)
+    tensors = _tensors(12, seeds=np.arange(12) + 100, step=5)
+    tensors = SamplingTensors(**{**tensors.__dict__, "temperature": temperature})
+    raw = np.asarray(jax.nn.log_softmax(logits))
+    for variant in ("greedy", "sample"):
+        ours, ref = (_sample(logits, tensors, variant=variant, native=n) for n in (native, False))
+        np.testing.assert_array_equal(ours["tokens"], ref["tokens"])
+        np.testing.assert_allclose(ours["logprob"], raw[np.arange(12), np.asarray(ours["tokens"])], atol=2e-5)

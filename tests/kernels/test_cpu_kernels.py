@@ -21,8 +21,9 @@ pytestmark = pytest.mark.skipif(not ck.available(), reason=f"CPU kernels unavail
 # (bits, group size, signed 4-bit): float32, int8 per channel, int8 groups (GGUF Q8_0), int4 + offsets (Q4_1) in
 # groups of 32 and 64, and signed int4 without offsets (Q4_0).
 FORMATS = [(32, None, False), (8, None, False), (8, 32, False), (4, 32, False), (4, 64, False), (4, 32, True)]
-# 1: the single-row path; 2-7: fused row blocks; >= 8: dequantize-then-multiply (row blocks of 6, or 12 with AVX-512)
-ROWS = [1, 2, 5, 7, 8, 13, 100]
+# 1: the single-row path; 2-7: fused row blocks; from 8 (float32, and every format on AVX2) or 32 (quantized, AVX-512):
+# dequantize-then-multiply (row blocks of 6, or 12 with AVX-512); between, the AVX-512 fused loop in passes of rows
+ROWS = [1, 2, 5, 7, 8, 13, 31, 32, 100]
 
 
 def _signed_int4(w: np.ndarray, group: int, out_first: bool) -> QuantizedTensor:
@@ -94,14 +95,14 @@ def test_matmul_key_blocks_and_row_blocks(bits, group, signed):
 @pytest.mark.parametrize("bits,group,signed", [(32, None, False), (8, None, False), (4, 32, False)])
 def test_matmul_skips_padding_rows(bits, group, signed):
     """Rows from `valid_rows` on (a traced count) are not computed and come back zero; the rest are unchanged, on
-    both sides of the fused / blocked switch at 8 rows."""
+    both sides of the fused / blocked switches at 8 and 32 rows."""
     rng = np.random.default_rng(11)
     packed, dense = _weight(rng, bits, group, signed, False, layers=1, k=128, n=64)
-    x = jnp.asarray(rng.standard_normal((16, 128)), jnp.float32)
+    x = jnp.asarray(rng.standard_normal((48, 128)), jnp.float32)
     run = jax.jit(ck.matmul)
-    for valid in (0, 1, 5, 9, 16, 40):
+    for valid in (0, 1, 5, 9, 16, 33, 48, 60):
         ours = np.asarray(run(x, packed, jnp.int32(valid)))
-        kept = min(valid, 16)
+        kept = min(valid, 48)
         np.testing.assert_allclose(ours[:kept], np.asarray(x[:kept]) @ dense[0], rtol=0, atol=1e-4)
         assert not ours[kept:].any(), f"valid_rows={valid}: padding rows were computed"
 
@@ -240,3 +241,34 @@ def test_paged_attention_rejects_bad_shapes():
     args[10] = args[10][:1]  # query_start_loc needs S + 1 entries
     with pytest.raises(Exception, match="metadata shapes disagree"):
         jax.block_until_ready(ck.paged_attention(*args, scale=0.125))
+
+
+@pytest.mark.parametrize("vocab", [5, 37, 4096, 49_152])
+def test_greedy_matches_argmax_and_log_softmax(vocab):
+    """First index of the maximum (ties included, as jnp.argmax) and its log-softmax, for vocabularies with and
+    without a vector tail."""
+    rng = np.random.default_rng(vocab)
+    logits = rng.normal(0, 4, (9, vocab)).astype(np.float32)
+    logits[1, :] = 2.0  # all tied: index 0
+    logits[2, [3 % vocab, vocab - 1]] = 50.0  # tie between an early and the last index: the early one
+    logits[3, vocab - 1] = 60.0  # the maximum in the scalar tail
+    logits[4] = rng.normal(0, 4, vocab).astype(np.float32) - 1e4  # far from zero: the shift keeps exp in range
+    tokens, logprob = (np.asarray(a) for a in jax.jit(ck.greedy)(jnp.asarray(logits)))
+    ref_tokens, ref_logprob = (np.asarray(a) for a in ck.greedy_reference(jnp.asarray(logits)))
+    np.testing.assert_array_equal(tokens, ref_tokens)
+    np.testing.assert_allclose(logprob, ref_logprob, atol=2e-5)
+
+
+def test_greedy_padding_rows_nan_and_minus_inf():
+    logits = np.random.default_rng(0).normal(0, 1, (6, 100)).astype(np.float32)
+    logits[0, 41] = np.nan  # like jnp.argmax: a NaN is the maximum; its logprob is NaN
+    logits[1, :] = -np.inf  # no distribution: token 0, logprob -inf
+    tokens, logprob = (np.asarray(a) for a in jax.jit(ck.greedy)(jnp.asarray(logits), jnp.int32(4)))
+    assert tokens[0] == 41 and np.isnan(logprob[0])
+    assert tokens[1] == 0 and logprob[1] == -np.inf
+    ref_tokens, ref_logprob = (np.asarray(a) for a in ck.greedy_reference(jnp.asarray(logits[2:4])))
+    np.testing.assert_array_equal(tokens[2:4], ref_tokens)
+    np.testing.assert_allclose(logprob[2:4], ref_logprob, atol=1e-5)
+    assert not tokens[4:].any() and not logprob[4:].any(), "rows from valid_rows on are padding: zeros"
+    with pytest.raises(ValueError, match="rows, vocab"):
+        ck.greedy(jnp.zeros((3,), jnp.float32))
