@@ -11,7 +11,7 @@ from .attention import paged_attention, paged_attention_reference
 from .build import BuildError, load
 from .greedy import greedy, greedy_reference
 from .matmul import matmul, matmul_reference
-from .packing import PackedWeight, pack, packed_rows, unpack
+from .packing import PackedWeight, concat_outputs, pack, packed_rows, unpack
 
 
 def available() -> bool:
@@ -49,6 +49,6 @@ def unusable_reason(platform: str, require_simd: bool) -> str | None:
     return None
 
 
-__all__ = ["BuildError", "PackedWeight", "available", "greedy", "greedy_reference", "has_simd", "load", "matmul", "matmul_reference", "pack",
+__all__ = ["BuildError", "PackedWeight", "available", "concat_outputs", "greedy", "greedy_reference", "has_simd", "load", "matmul", "matmul_reference", "pack",
            "packed_rows", "paged_attention", "paged_attention_reference", "unavailable_reason", "unpack",
            "unusable_reason"]

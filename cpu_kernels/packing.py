@@ -116,6 +116,23 @@ def pack(values: Any, scales: Any = None, offsets: Any = None, *, bits: int, out
     return PackedWeight(np.ascontiguousarray(tiled), padded(scales), padded(offsets), None, bits, n, dtype)
 
 
+def concat_outputs(weights: list[PackedWeight]) -> PackedWeight | None:
+    """One PackedWeight whose output channels are those of `weights` in order (x @ [W1 | W2 | ...]), or None when
+    they cannot share one: another format, K, layer count or scale grid, or a padded tile before the last. Tiles
+    are independent, so the result is the tiles (and scale columns) laid one after another: one kernel call, one
+    sequential stream, instead of one call per projection."""
+    first = weights[0]
+    def grid(w: PackedWeight) -> tuple:
+        return (w.bits, w.dtype, w.values.shape[0], w.values.shape[2:], w.values.dtype,
+                None if w.scales is None else (w.scales.shape[:2], w.scales.dtype), w.offsets is None)
+    if any(grid(w) != grid(first) for w in weights) or any(w.n % TILE for w in weights[:-1]):
+        return None
+    def cat(parts: list, axis: int) -> Any:
+        return None if parts[0] is None else np.ascontiguousarray(np.concatenate([np.asarray(p) for p in parts], axis))
+    return PackedWeight(cat([w.values for w in weights], 1), cat([w.scales for w in weights], 2),
+                        cat([w.offsets for w in weights], 2), None, first.bits, sum(w.n for w in weights), first.dtype)
+
+
 def unpack(pw: PackedWeight, layer: int = 0) -> jax.Array:
     """The float32 `[K, N]` weight that layer `layer` of `pw` stands for (the reference for tests)."""
     tiles = jnp.asarray(pw.values[layer])  # [T, K, C]

@@ -7,6 +7,7 @@ float32 logits match it to ~1e-5.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -33,17 +34,30 @@ def linear(x: jax.Array, w: jax.Array | QuantizedTensor | PackedWeight, b: jax.A
 
     Accumulating in float32 is also the fast path on CPU: a bf16 x bf16 -> bf16 dot is lowered to float32 copies.
     """
-    if isinstance(w, PackedWeight):
-        lead = x.shape[:-1]
-        rows = valid_rows if x.ndim == 2 else None
-        y = cpu_kernels.matmul(x.reshape(-1, x.shape[-1]), w, rows).reshape(*lead, w.n)
-    elif is_quantized(w):
-        y = quantized_matmul(x, w)
-    else:
-        y = jnp.dot(x, w, preferred_element_type=jnp.float32)
+    y = _matmul_f32(x, w, valid_rows)
     if b is not None:
         y = y + b.astype(jnp.float32)
     return y.astype(x.dtype)
+
+
+def linear_split(x: jax.Array, w: PackedWeight, widths: Sequence[int], biases: Sequence[jax.Array | None],
+                 valid_rows: jax.Array | None = None) -> list[jax.Array]:
+    """`linear` of a fused weight (projections concatenated along the output, `model/cpu_weights.FUSED`), split
+    back into parts of `widths` channels, each plus its own bias: exactly what `linear` gives per part."""
+    y = _matmul_f32(x, w, valid_rows)
+    parts = jnp.split(y, np.cumsum(widths)[:-1].tolist(), axis=-1)
+    return [(p if b is None else p + b.astype(jnp.float32)).astype(x.dtype) for p, b in zip(parts, biases)]
+
+
+def _matmul_f32(x: jax.Array, w: jax.Array | QuantizedTensor | PackedWeight,
+                valid_rows: jax.Array | None) -> jax.Array:
+    if isinstance(w, PackedWeight):
+        lead = x.shape[:-1]
+        rows = valid_rows if x.ndim == 2 else None
+        return cpu_kernels.matmul(x.reshape(-1, x.shape[-1]), w, rows).reshape(*lead, w.n)
+    if is_quantized(w):
+        return quantized_matmul(x, w)
+    return jnp.dot(x, w, preferred_element_type=jnp.float32)
 
 
 def embed_lookup(table: jax.Array | QuantizedTensor | PackedWeight, tokens: jax.Array) -> jax.Array:
@@ -58,6 +72,11 @@ def gated_mlp(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Arra
               valid_rows: jax.Array | None = None) -> jax.Array:
     """SwiGLU: down(silu(gate(x)) * up(x)); `valid_rows` as in `linear`."""
     gate, up = linear(x, w_gate, valid_rows=valid_rows), linear(x, w_up, valid_rows=valid_rows)
+    return swiglu_down(gate, up, w_down, valid_rows)
+
+
+def swiglu_down(gate: jax.Array, up: jax.Array, w_down: Any, valid_rows: jax.Array | None = None) -> jax.Array:
+    """The SwiGLU MLP after its gate and up projections: down(silu(gate) * up)."""
     return linear(jax.nn.silu(gate) * up, w_down, valid_rows=valid_rows)
 
 

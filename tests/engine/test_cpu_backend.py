@@ -39,7 +39,8 @@ def test_native_kernels_give_the_xla_paths_tokens(tiny_model, kwargs, monkeypatc
     monkeypatch.setattr("jaxserve.quant.matmul.FLOAT32_MAX_ROWS", 1 << 30)
     _, ref = _generate(directory, "xla", **kwargs)
     layers = native.engine.runner.params["layers"]
-    assert all(isinstance(layers[k], PackedWeight) for k in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"))
+    assert all(isinstance(layers[k], PackedWeight) for k in ("wqkv", "wo", "w_gate_up", "w_down"))  # fused
+    assert not {"wq", "wk", "wv", "w_gate", "w_up"} & layers.keys()
     for a, b in zip(ours, ref):
         assert a.token_ids == b.token_ids
         if b.logprobs:  # the seeded rows: same draws, logprobs equal to rounding

@@ -272,3 +272,19 @@ def test_greedy_padding_rows_nan_and_minus_inf():
     assert not tokens[4:].any() and not logprob[4:].any(), "rows from valid_rows on are padding: zeros"
     with pytest.raises(ValueError, match="rows, vocab"):
         ck.greedy(jnp.zeros((3,), jnp.float32))
+
+
+@pytest.mark.parametrize("bits,group,signed", FORMATS)
+def test_concat_outputs_is_one_matmul_over_the_parts(bits, group, signed):
+    """Q/K/V-style fusion: x @ concat is the parts' products side by side (the last part may end in a padded
+    tile); parts that cannot share one weight (another K, a padded tile before the last) give None."""
+    rng = np.random.default_rng(5)
+    parts = [_weight(rng, bits, group, signed, False, layers=2, k=128, n=n) for n in (96, 32, 40)]
+    fused = ck.concat_outputs([p for p, _ in parts])
+    assert fused.n == 168 and fused.values.shape[1] == 6
+    x = jnp.asarray(rng.standard_normal((5, 128)), jnp.float32)
+    ref = np.concatenate([np.asarray(x) @ d[1] for _, d in parts], axis=-1)
+    np.testing.assert_allclose(np.asarray(ck.matmul(x, fused.at_layer(1))), ref, rtol=0, atol=1e-4)
+    assert ck.concat_outputs([parts[2][0], parts[0][0]]) is None  # 40 channels: a padded tile in the middle
+    other_k, _ = _weight(rng, bits, group, signed, False, layers=2, k=64, n=32)
+    assert ck.concat_outputs([parts[0][0], other_k]) is None

@@ -9,14 +9,21 @@ import numpy as np
 import pytest
 
 TEXT = Path(__file__).parents[2] / "bench" / "data" / "public_domain.txt"
-ENGINE = dict(max_model_len=512, max_num_seqs=8, max_num_batched_tokens=64, compile_all_buckets=False, progress=False)
+WINDOW = 512
+ENGINE = dict(max_model_len=WINDOW + 8, max_num_seqs=8, max_num_batched_tokens=64, compile_all_buckets=False,
+              progress=False)
 
 
 def _perplexity(llm, ids: list[int]) -> float:
+    """Over the whole text in windows of WINDOW tokens, as bench/quantization.py scores it (~1,500 tokens: the
+    first 384 alone put int4 at +6.00%, exactly on its bound, where the whole text gives +4.8%)."""
     from jaxserve.sampling_params import SamplingParams
 
-    out = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
-    return math.exp(-np.mean([out.prompt_logprobs[i][ids[i]] for i in range(1, len(ids))]))
+    windows = [ids[i:i + WINDOW] for i in range(0, len(ids) - 1, WINDOW)]
+    outs = llm.generate([{"prompt_token_ids": w} for w in windows], SamplingParams(max_tokens=1, prompt_logprobs=0),
+                        use_tqdm=False)
+    nll = [-o.prompt_logprobs[i][w[i]] for o, w in zip(outs, windows) for i in range(1, len(w))]
+    return math.exp(np.mean(nll))
 
 
 @pytest.mark.slow
@@ -27,7 +34,7 @@ def test_quantized_perplexity_stays_within_the_issue_targets():
     for name, kw in (("float32", {}), ("int8", dict(quantization="int8", kv_cache_dtype="int8")),
                      ("int4", dict(quantization="int4"))):
         llm = LLM(**ENGINE, **kw)
-        ids = llm.get_tokenizer().encode(TEXT.read_text())[:384]
+        ids = llm.get_tokenizer().encode(TEXT.read_text())
         ppl[name] = _perplexity(llm, ids)
         del llm
     # Targets of the issue (int8 weights and int8 KV each <= 1%; here both at once, so 2%), int4 <= 6%.
