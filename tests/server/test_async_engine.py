@@ -70,7 +70,9 @@ def test_stream_reject_abort_and_failure(engine):
         with pytest.raises(ValueError, match="512"):
             await engine.add_request("b", "too long", SamplingParams())
 
-        gen = engine.generate("c", "p", SamplingParams(max_tokens=1000))
+        # Long enough that the fake engine's loop (steps of microseconds) cannot finish it before the consumer
+        # leaves, however slowly this test's thread is scheduled (with 1000 it once finished first under load).
+        gen = engine.generate("c", "p", SamplingParams(max_tokens=10**9))
         await gen.__anext__()
         await gen.aclose()  # the consumer leaves: the request is aborted
         for _ in range(100):
