@@ -40,13 +40,17 @@ def linear(x: jax.Array, w: jax.Array | QuantizedTensor | PackedWeight, b: jax.A
     return y.astype(x.dtype)
 
 
-def linear_split(x: jax.Array, w: PackedWeight, widths: Sequence[int], biases: Sequence[jax.Array | None],
-                 valid_rows: jax.Array | None = None) -> list[jax.Array]:
-    """`linear` of a fused weight (projections concatenated along the output, `model/cpu_weights.FUSED`), split
-    back into parts of `widths` channels, each plus its own bias: exactly what `linear` gives per part."""
-    y = _matmul_f32(x, w, valid_rows)
-    parts = jnp.split(y, np.cumsum(widths)[:-1].tolist(), axis=-1)
-    return [(p if b is None else p + b.astype(jnp.float32)).astype(x.dtype) for p, b in zip(parts, biases)]
+def projections(x: jax.Array, lp: dict[str, Any], fused: str, parts: Sequence[str], widths: Sequence[int],
+                biases: Sequence[str | None] | None = None, valid_rows: jax.Array | None = None) -> list[jax.Array]:
+    """The projections `lp[part]` of `x` (each plus its bias `lp[bias]`, if present): one `linear` per part, or one
+    matmul of `lp[fused]` split back into parts of `widths` channels when packing fused them
+    (`model/cpu_weights.FUSED`). Both give the same values; the fused weight saves kernel calls."""
+    bias = [None if name is None else lp.get(name) for name in (biases or [None] * len(parts))]
+    if fused not in lp:
+        return [linear(x, lp[name], b, valid_rows=valid_rows) for name, b in zip(parts, bias)]
+    y = _matmul_f32(x, lp[fused], valid_rows)
+    split = jnp.split(y, np.cumsum(widths)[:-1].tolist(), axis=-1)
+    return [(p if b is None else p + b.astype(jnp.float32)).astype(x.dtype) for p, b in zip(split, bias)]
 
 
 def _matmul_f32(x: jax.Array, w: jax.Array | QuantizedTensor | PackedWeight,
@@ -68,16 +72,12 @@ def embed_lookup(table: jax.Array | QuantizedTensor | PackedWeight, tokens: jax.
     return quantized_lookup(table, tokens) if is_quantized(table) else table[tokens]
 
 
-def gated_mlp(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array,
-              valid_rows: jax.Array | None = None) -> jax.Array:
-    """SwiGLU: down(silu(gate(x)) * up(x)); `valid_rows` as in `linear`."""
-    gate, up = linear(x, w_gate, valid_rows=valid_rows), linear(x, w_up, valid_rows=valid_rows)
-    return swiglu_down(gate, up, w_down, valid_rows)
-
-
-def swiglu_down(gate: jax.Array, up: jax.Array, w_down: Any, valid_rows: jax.Array | None = None) -> jax.Array:
-    """The SwiGLU MLP after its gate and up projections: down(silu(gate) * up)."""
-    return linear(jax.nn.silu(gate) * up, w_down, valid_rows=valid_rows)
+def swiglu_mlp(x: jax.Array, lp: dict[str, Any], intermediate_size: int,
+               valid_rows: jax.Array | None = None) -> jax.Array:
+    """SwiGLU: down(silu(gate(x)) * up(x)) with a layer's `w_gate` / `w_up` (or fused `w_gate_up`) and `w_down`;
+    `valid_rows` as in `linear`."""
+    gate, up = projections(x, lp, "w_gate_up", ("w_gate", "w_up"), (intermediate_size,) * 2, valid_rows=valid_rows)
+    return linear(jax.nn.silu(gate) * up, lp["w_down"], valid_rows=valid_rows)
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None) -> np.ndarray:

@@ -19,8 +19,7 @@ from jaxserve.attention.metadata import AttentionMetadata
 from jaxserve.attention.xla import paged_attention
 from jaxserve.config import ModelConfig
 from jaxserve.kv_cache import KVCache, write_kv
-from jaxserve.model.layers import (apply_rope, embed_lookup, gated_mlp, linear, linear_split, rms_norm, rope_inv_freq,
-                                   swiglu_down)
+from jaxserve.model.layers import apply_rope, embed_lookup, linear, projections, rms_norm, rope_inv_freq, swiglu_mlp
 from jaxserve.quant import is_quantized, quantized_matmul
 
 Params = dict[str, Any]
@@ -62,25 +61,16 @@ def forward(
         lp, index = inputs
         h = rms_norm(x, lp["attn_norm"], config.rms_norm_eps)
         kv_shape = (num_tokens, config.num_kv_heads, config.head_dim)
-        if "wqkv" in lp:  # packed for the native CPU kernels, fused (model/cpu_weights.py)
-            q_width, kv_width = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
-            q, k, v = linear_split(h, lp["wqkv"], (q_width, kv_width, kv_width),
-                                   (lp.get("bq"), lp.get("bk"), lp.get("bv")), valid_rows=valid)
-        else:
-            q = linear(h, lp["wq"], lp.get("bq"), valid_rows=valid)
-            k = linear(h, lp["wk"], lp.get("bk"), valid_rows=valid)
-            v = linear(h, lp["wv"], lp.get("bv"), valid_rows=valid)
+        q_width, kv_width = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+        q, k, v = projections(h, lp, "wqkv", ("wq", "wk", "wv"), (q_width, kv_width, kv_width),
+                              ("bq", "bk", "bv"), valid_rows=valid)
         q = q.reshape(num_tokens, config.num_heads, config.head_dim)
         k, v = k.reshape(kv_shape), v.reshape(kv_shape)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         o, cache = attention_block(q, k, v, cache, index, meta, positions)
         x = x + linear(o.reshape(num_tokens, -1), lp["wo"], valid_rows=valid)
         h = rms_norm(x, lp["mlp_norm"], config.rms_norm_eps)
-        if "w_gate_up" in lp:
-            gate, up = linear_split(h, lp["w_gate_up"], (config.intermediate_size,) * 2, (None, None), valid)
-            x = x + swiglu_down(gate, up, lp["w_down"], valid)
-        else:
-            x = x + gated_mlp(h, lp["w_gate"], lp["w_up"], lp["w_down"], valid_rows=valid)
+        x = x + swiglu_mlp(h, lp, config.intermediate_size, valid_rows=valid)
         return (x, cache), None
 
     x = embed_lookup(params["embed"], tokens)
