@@ -3,7 +3,9 @@
 1. Max concurrency: the planner's figure for a KV budget vs the most full-length sequences the engine runs at once
    with that budget (they must be equal: the engine sizes its pool with the planner's code).
 2. TPOT: the roofline's decode step time (after measuring this device's bandwidth and matmul rate) vs the engine's
-   measured decode step time at batch 1..64 on the default model; the error is reported, not hidden.
+   measured decode step time at batch 1..64 on the default model; and the calibrated prediction (this machine's
+   timed matmuls for the model, `jaxserve.planner.calibration`, plus attention's KV reads) vs the same
+   measurement. Both errors are reported, not hidden.
 3. On an accelerator: predicted weights + KV pool bytes vs the device's measured bytes in use.
 
     python bench/capacity.py [--batches 1,4,16,64] [--output-len 48]
@@ -74,6 +76,7 @@ def main() -> int:
 
     from jaxserve import LLM
     from jaxserve.planner import PlanRequest, plan
+    from jaxserve.planner.calibration import calibrated_decode_seconds, profile_decode_step
     from jaxserve.planner.measure import measure_local_device
     from jaxserve.planner.roofline import decode_step
 
@@ -95,6 +98,8 @@ def main() -> int:
 
     # 2. TPOT by batch size
     batches = [int(b) for b in args.batches.split(",")]
+    weight_format = args.quantization or args.dtype
+    profile = profile_decode_step(config.model, weight_format, max(batches), dtype=args.dtype)
     llm = LLM(dtype=args.dtype, quantization=args.quantization, max_model_len=1024, max_num_seqs=max(batches),
               max_num_batched_tokens=512, progress=False, enable_prefix_caching=False)
     weights = sum(x.nbytes for x in jax.tree.leaves(llm.engine.runner.params))
@@ -104,15 +109,20 @@ def main() -> int:
     for batch in batches:
         tpot = measured_tpot(llm, batch, args.prompt_len, args.output_len)
         pred = decode_step(config.model, device, batch, context, weights, config.kv_dtype, args.dtype)
+        calibrated = calibrated_decode_seconds(config.model, device, profile, batch, context, config.kv_dtype,
+                                               args.dtype)
         rows.append({"batch": batch, "measured_tpot_s": tpot, "predicted_tpot_s": pred.seconds,
                      "error": pred.seconds / tpot - 1, "frac_roofline": pred.seconds / tpot,
-                     "compute_bound": pred.compute_bound})
-    weight_format = args.quantization or args.dtype
+                     "frac_compute": pred.flops / device.flops_for(args.dtype) / tpot,
+                     "compute_bound": pred.compute_bound, "calibrated_tpot_s": calibrated,
+                     "calibrated_error": calibrated / tpot - 1})
     print(f"\nTPOT on the default model ({weight_format}, weights {weights / 2**20:.0f} MiB, context ~{context}):")
-    print(f"{'batch':>6} {'measured ms':>12} {'predicted ms':>13} {'error':>8} {'of roofline':>12}  bound")
+    print(f"{'batch':>6} {'measured ms':>12} {'roofline ms':>12} {'error':>7} {'of roofline':>12} "
+          f"{'calibrated ms':>14} {'error':>7}  bound")
     for r in rows:
-        print(f"{r['batch']:>6} {r['measured_tpot_s'] * 1e3:>12.1f} {r['predicted_tpot_s'] * 1e3:>13.1f} "
-              f"{r['error']:>8.0%} {r['frac_roofline']:>12.0%}  {'compute' if r['compute_bound'] else 'memory'}")
+        print(f"{r['batch']:>6} {r['measured_tpot_s'] * 1e3:>12.1f} {r['predicted_tpot_s'] * 1e3:>12.1f} "
+              f"{r['error']:>7.0%} {r['frac_roofline']:>12.0%} {r['calibrated_tpot_s'] * 1e3:>14.1f} "
+              f"{r['calibrated_error']:>7.0%}  {'compute' if r['compute_bound'] else 'memory'}")
 
     memory = None
     if jax.default_backend() != "cpu":
@@ -125,7 +135,7 @@ def main() -> int:
                                                  "peak_flops": device.peak_flops},
               "concurrency": {"predicted": planned["max_concurrency"], "measured": measured,
                               "kv_cache_memory": budget, "max_model_len": max_len},
-              "weight_format": weight_format, "tpot": rows, "device_memory": memory}
+              "weight_format": weight_format, "tpot": rows, "profile": profile.to_dict(), "device_memory": memory}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=2))
     return 0 if measured == planned["max_concurrency"] else 1

@@ -153,15 +153,19 @@ def render_cpu_matmul(d: dict) -> list[str]:
 
 def render_capacity(d: dict) -> list[str]:
     c, dev = d["concurrency"], d["device"]
+    calibrated = all("calibrated_tpot_s" in r for r in d["tpot"])
     rows = [[r["batch"], f(r["measured_tpot_s"] * 1e3), f(r["predicted_tpot_s"] * 1e3), f(r["error"] * 100, 0, "%"),
              f(r["predicted_tpot_s"] / r["measured_tpot_s"] * 100, 0, "%"),
+             *([f(r["calibrated_tpot_s"] * 1e3), f(r["calibrated_error"] * 100, 0, "%")] if calibrated else []),
              "compute" if r["compute_bound"] else "memory"] for r in d["tpot"]]
+    header = ["batch", "measured ms", "roofline ms", "error", "of roofline",
+              *(["calibrated ms", "calibrated error"] if calibrated else []), "bound"]
     return [(f"Weights {d.get('weight_format', 'float32')}. Device measured in the run: "
              f"{dev['bandwidth'] / 1e9:.1f} GB/s read, "
             f"{dev['peak_flops']['float32'] / 1e9:.0f} GFLOP/s float32 matmul. Max concurrency with a "
             f"{c['kv_cache_memory'] / 2**20:.0f} MiB KV budget at max_model_len {c['max_model_len']}: planned "
             f"{c['predicted']}, measured {c['measured']}.\n"),
-            table(["batch", "measured ms", "roofline ms", "error", "of roofline", "bound"], rows)]
+            table(header, rows)]
 
 
 def render_batching(d: dict) -> list[str]:

@@ -1,4 +1,5 @@
-"""Native CPU kernels for XLA:CPU, called through jax.ffi: weight matmuls, paged attention and greedy sampling.
+"""Native CPU kernels for XLA:CPU, called through jax.ffi: weight matmuls, paged attention, and
+greedy and Gumbel-max sampling.
 
 Like `pallas_kernels`, they know nothing of models: plain arrays in, arrays out, each with a jnp reference of the
 same signature. They are C++ (AVX2 + FMA on x86-64) compiled on first use and cached (`build.py`); `available()`
@@ -12,6 +13,7 @@ from .build import BuildError, load
 from .greedy import greedy, greedy_reference
 from .matmul import matmul, matmul_reference
 from .packing import PackedWeight, concat_outputs, pack, packed_rows, unpack
+from .sample import gumbel_sample, gumbel_sample_reference, matches_jax_random
 
 
 def available() -> bool:
@@ -49,6 +51,7 @@ def unusable_reason(platform: str, require_simd: bool) -> str | None:
     return None
 
 
-__all__ = ["BuildError", "PackedWeight", "available", "concat_outputs", "greedy", "greedy_reference", "has_simd", "load", "matmul", "matmul_reference", "pack",
+__all__ = ["BuildError", "PackedWeight", "available", "concat_outputs", "greedy", "greedy_reference", "gumbel_sample",
+           "gumbel_sample_reference", "has_simd", "load", "matmul", "matches_jax_random", "matmul_reference", "pack",
            "packed_rows", "paged_attention", "paged_attention_reference", "unavailable_reason", "unpack",
            "unusable_reason"]

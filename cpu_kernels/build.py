@@ -19,9 +19,9 @@ import threading
 from pathlib import Path
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("matmul.cc", "attention.cc", "greedy.cc")
+SOURCES = ("matmul.cc", "attention.cc", "sample.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=fast")
-TARGETS = ("cpuk_matmul", "cpuk_paged_attention", "cpuk_greedy")
+TARGETS = ("cpuk_matmul", "cpuk_paged_attention", "cpuk_sample")
 
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None

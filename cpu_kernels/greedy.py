@@ -1,7 +1,8 @@
 """`greedy`: per row of logits, the argmax token and its log-probability, and the jnp reference.
 
-What greedy decoding needs from a step's logits, in one native pass per row (csrc/greedy.cc) instead of XLA:CPU's
-scalar argmax plus a log_softmax that writes the whole [rows, vocab] array.
+What greedy decoding needs from a step's logits, in two vector passes per row (the sampling kernel, csrc/sample.cc,
+with every temperature 0) instead of XLA:CPU's scalar argmax plus a log_softmax that writes the whole [rows, vocab]
+array (64 rows of 49,152: 16.9 -> 3.1 ms on the 2-core VM).
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ def greedy(logits: jax.Array, valid_rows: jax.Array | int | None = None) -> tupl
     load()
     if logits.ndim != 2 or logits.shape[1] < 1:
         raise ValueError(f"greedy: logits must be [rows, vocab], got shape {logits.shape}")
-    rows = jnp.asarray(logits.shape[0] if valid_rows is None else valid_rows, jnp.int32).reshape(1)
-    out = (jax.ShapeDtypeStruct((logits.shape[0],), jnp.int32), jax.ShapeDtypeStruct((logits.shape[0],), jnp.float32))
-    return tuple(jax.ffi.ffi_call("cpuk_greedy", out)(logits.astype(jnp.float32), rows))
+    rows = logits.shape[0]
+    used = jnp.asarray(rows if valid_rows is None else valid_rows, jnp.int32).reshape(1)
+    out = (jax.ShapeDtypeStruct((rows,), jnp.int32), jax.ShapeDtypeStruct((rows,), jnp.float32))
+    no_temperature, no_keys = jnp.zeros((rows,), jnp.float32), jnp.zeros((rows, 2), jnp.uint32)
+    return tuple(jax.ffi.ffi_call("cpuk_sample", out)(logits.astype(jnp.float32), no_temperature, no_keys, used))
 
 
 def greedy_reference(logits: jax.Array) -> tuple[jax.Array, jax.Array]:

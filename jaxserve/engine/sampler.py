@@ -10,7 +10,9 @@ request draws the same tokens whatever else shares its batch.
 
 With `native=True` (the runner's choice where the native CPU kernels serve the matmuls), "greedy" and "sample"
 take each row's argmax and log-normaliser from `cpu_kernels.greedy` (one vector pass per row) instead of XLA:CPU's
-scalar argmax and a full log_softmax; "full" needs every logprob and stays in XLA.
+scalar argmax and a full log_softmax, and "sample" draws with `cpu_kernels.gumbel_sample`, which regenerates the
+same jax.random noise natively (the same tokens, ~10x faster at 64 rows); "full" needs every logprob and stays in
+XLA.
 """
 
 from __future__ import annotations
@@ -82,9 +84,15 @@ def sample(logits: jax.Array, t: SamplingTensors, variant: str, native: bool = F
 
 def _sample_native(logits: jax.Array, t: SamplingTensors, variant: str,
                    valid_rows: jax.Array | None) -> dict[str, jax.Array]:
-    best, best_logprob = cpu_kernels.greedy(logits, valid_rows)
     if variant == "greedy":
+        best, best_logprob = cpu_kernels.greedy(logits, valid_rows)
         return {"tokens": best, "logprob": best_logprob}
+    if cpu_kernels.matches_jax_random():
+        keys = jax.vmap(_row_key)(t.seed, t.step)
+        tokens, logprob = cpu_kernels.gumbel_sample(logits, t.temperature, keys, valid_rows)
+        return {"tokens": tokens, "logprob": logprob}
+    # A jax whose PRNG the kernel does not reproduce: XLA's noise, the native argmax and log-normaliser.
+    best, best_logprob = cpu_kernels.greedy(logits, valid_rows)
     tokens = jnp.where(t.temperature > 0, _gumbel_max(_tempered(logits, t), t), best).astype(jnp.int32)
     # log p(token) = logits[token] - logsumexp, and logsumexp = logits[best] - log p(best).
     at = functools.partial(jnp.take_along_axis, axis=-1)
@@ -103,11 +111,16 @@ def _gumbel_max(scaled: jax.Array, t: SamplingTensors) -> jax.Array:
 
 
 def _gumbel(seed: jax.Array, step: jax.Array, vocab: int) -> jax.Array:
-    # seed = (low 32 bits, high 32 bits, sample index); the output position makes each draw fresh.
+    return jax.random.gumbel(_row_key(seed, step), (vocab,), jnp.float32)
+
+
+def _row_key(seed: jax.Array, step: jax.Array) -> jax.Array:
+    """A row's raw PRNG key: seed = (low 32 bits, high 32 bits, sample index); the output position makes each draw
+    fresh."""
     key = jax.random.PRNGKey(seed[0])
     for part in (seed[1], seed[2], step):
         key = jax.random.fold_in(key, part)
-    return jax.random.gumbel(key, (vocab,), jnp.float32)
+    return key
 
 
 def _token_counts(t: SamplingTensors, vocab: int) -> tuple[jax.Array, jax.Array]:

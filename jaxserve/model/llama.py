@@ -74,22 +74,28 @@ def forward(
         return (x, cache), None
 
     x = embed_lookup(params["embed"], tokens)
-    if isinstance(params["layers"], (list, tuple)):  # one weight array per layer: an unrolled loop
-        for index, lp in enumerate(params["layers"]):
-            (x, cache), _ = layer((x, cache), (lp, jnp.int32(index)))
-    else:
-        # Packed weights (native CPU kernels) stay whole and are indexed by the kernel; the rest is sliced by scan.
-        layers = params["layers"]
-        packed = {name: w for name, w in layers.items() if isinstance(w, PackedWeight)}
-        sliced = {name: w for name, w in layers.items() if name not in packed}
-
-        def packed_layer(carry, inputs):
-            lp, index = inputs
-            return layer(carry, ({**lp, **{name: w.at_layer(index) for name, w in packed.items()}}, index))
-
-        layer_ids = jnp.arange(config.num_layers, dtype=jnp.int32)
-        (x, cache), _ = jax.lax.scan(packed_layer if packed else layer, (x, cache), (sliced, layer_ids))
+    x, cache = run_layers(params["layers"], layer, (x, cache), config.num_layers)
     return rms_norm(x, params["final_norm"], config.rms_norm_eps), cache
+
+
+def run_layers(layers: Any, layer: Callable, carry: Any, num_layers: int) -> Any:
+    """`carry` through `layer(carry, (layer_params, index)) -> (carry, None)` for every layer: an unrolled loop over
+    a list of per-layer dicts, else a `lax.scan` over the stacked weights, in which packed weights (native CPU
+    kernels) stay whole and are indexed by the kernel while the rest is sliced by the scan."""
+    if isinstance(layers, (list, tuple)):
+        for index, lp in enumerate(layers):
+            carry, _ = layer(carry, (lp, jnp.int32(index)))
+        return carry
+    packed = {name: w for name, w in layers.items() if isinstance(w, PackedWeight)}
+    sliced = {name: w for name, w in layers.items() if name not in packed}
+
+    def packed_layer(carry, inputs):
+        lp, index = inputs
+        return layer(carry, ({**lp, **{name: w.at_layer(index) for name, w in packed.items()}}, index))
+
+    layer_ids = jnp.arange(num_layers, dtype=jnp.int32)
+    carry, _ = jax.lax.scan(packed_layer if packed else layer, carry, (sliced, layer_ids))
+    return carry
 
 
 def unstack_layers(params: Params) -> Params:

@@ -21,7 +21,7 @@ def add_plan_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--device", default="h100", help=f"{', '.join(DEVICE_PRESETS)}, or local")
     parser.add_argument("--measure", action="store_true", help="with --device local: measure bandwidth and "
-                        "matmul rate now")
+                        "matmul rate now, and time this model's matmuls at each batch size (a calibrated TPOT)")
     parser.add_argument("--memory-gb", type=float, default=None)
     parser.add_argument("--bandwidth-gbs", type=float, default=None)
     parser.add_argument("--tflops", type=float, default=None)
@@ -51,15 +51,34 @@ def request_from_args(ns: argparse.Namespace) -> PlanRequest:
         device = measure_local_device()
         if kv_cache_memory is None:  # size the pool exactly as the engine will
             kv_cache_memory = _local_budget(model, ns)
+        profile = _local_profile(model, device, kv_cache_memory, ns)
     else:
-        device = get_device(ns.device)
+        device, profile = get_device(ns.device), None
     device = device.with_overrides(ns.memory_gb, ns.bandwidth_gbs, ns.tflops)
     return PlanRequest(model=model, device=device, model_name=name, weight_format=ns.dtype,
                        kv_cache_dtype=ns.kv_cache_dtype, max_model_len=ns.max_model_len,
                        memory_utilization=ns.gpu_memory_utilization, num_devices=ns.num_devices,
                        block_size=ns.block_size, kv_cache_memory=kv_cache_memory,
                        max_num_batched_tokens=ns.max_num_batched_tokens, max_num_seqs=ns.max_num_seqs,
-                       prompt_len=ns.prompt_len, output_len=ns.output_len, group_size=ns.group_size)
+                       prompt_len=ns.prompt_len, output_len=ns.output_len, group_size=ns.group_size,
+                       profile=profile)
+
+
+def _local_profile(model, device, kv_cache_memory: float, ns: argparse.Namespace):
+    """This model's matmuls timed here at each batch the plan reports (None with --num-devices > 1)."""
+    if ns.num_devices != 1:
+        return None
+    from jaxserve.planner.calibration import profile_decode_step
+
+    sizing = PlanRequest(model=model, device=device, weight_format=ns.dtype, kv_cache_dtype=ns.kv_cache_dtype,
+                         max_model_len=ns.max_model_len, block_size=ns.block_size, kv_cache_memory=kv_cache_memory,
+                         max_num_seqs=ns.max_num_seqs, group_size=ns.group_size)
+    batches = plan(sizing)["max_concurrency"]
+    import jax
+
+    # Activations: the engine's default float32 on CPU, else the plan's compute dtype.
+    dtype = "float32" if jax.default_backend() == "cpu" else sizing.compute_dtype
+    return profile_decode_step(model, ns.dtype, max(batches, 1), dtype=dtype)
 
 
 def _local_budget(model, ns: argparse.Namespace) -> float:

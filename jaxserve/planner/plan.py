@@ -9,6 +9,7 @@ from typing import Any
 from jaxserve.config import ModelConfig, check_tensor_parallel_size
 from jaxserve.kv_cache import kv_bytes_per_token
 from jaxserve.planner import memory, roofline
+from jaxserve.planner.calibration import DecodeProfile, calibrated_decode_seconds
 from jaxserve.planner.devices import DeviceSpec
 
 
@@ -32,6 +33,8 @@ class PlanRequest:
     prompt_len: int = 512
     output_len: int = 128
     group_size: int | None = None  # None: int4 groups of 32, int8 per output channel
+    # Measured matmul times of this model on the device (calibration.profile_decode_matmuls): adds a calibrated TPOT
+    profile: DecodeProfile | None = None
 
     def __post_init__(self) -> None:
         if self.weight_format not in memory.WEIGHT_FORMATS:
@@ -43,6 +46,11 @@ class PlanRequest:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         # The devices split the model as the engine's tensor parallelism would: by heads.
         check_tensor_parallel_size(self.model, self.num_devices)
+        if self.profile is not None and self.profile.weight_format != self.weight_format:
+            raise ValueError(f"the decode profile was measured for {self.profile.weight_format} weights, not "
+                             f"{self.weight_format}")
+        if self.profile is not None and self.num_devices != 1:
+            raise ValueError("a decode profile is measured on one device; plan num_devices=1 with it")
 
     @property
     def compute_dtype(self) -> str:
@@ -93,8 +101,13 @@ def plan(req: PlanRequest) -> dict[str, Any]:
     decode = []
     for batch in _decode_batches(max(concurrency, 1)):
         step = roofline.decode_step(model, device, batch, context, *args)
-        decode.append({"batch": batch, "tpot_s": step.seconds, "tokens_per_s": batch / step.seconds,
-                       "compute_bound": step.compute_bound, "flops": step.flops, "bytes": step.bytes})
+        row = {"batch": batch, "tpot_s": step.seconds, "tokens_per_s": batch / step.seconds,
+               "compute_bound": step.compute_bound, "flops": step.flops, "bytes": step.bytes}
+        if req.profile is not None:
+            row["calibrated_tpot_s"] = calibrated_decode_seconds(model, device, req.profile, batch, context,
+                                                                 req.kv_dtype, req.compute_dtype)
+            row["calibrated_tokens_per_s"] = batch / row["calibrated_tpot_s"]
+        decode.append(row)
     return {
         "model": req.model_name, "device": device.name, "device_source": device.source, "num_devices": n,
         "weight_format": req.weight_format, "kv_cache_dtype": req.kv_dtype, "max_model_len": req.context_len,

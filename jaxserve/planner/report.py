@@ -34,9 +34,15 @@ def format_plan(p: dict[str, Any]) -> str:
         f"compute-bound at batch >= {p['compute_bound_batch'] or 'never (memory-bound at every batch)'} "
         f"(decode context {p['decode_context']})",
         "",
-        f"{'batch':>6} {'TPOT':>10} {'tokens/s':>12}  bound",
     ]
+    calibrated = bool(p["decode"]) and "calibrated_tpot_s" in p["decode"][0]
+    extra = f" {'calibrated':>11} {'tokens/s':>12}" if calibrated else ""
+    lines.append(f"{'batch':>6} {'TPOT':>10} {'tokens/s':>12}{extra}  roofline bound")
     for row in p["decode"]:
-        lines.append(f"{row['batch']:>6} {_time(row['tpot_s']):>10} {row['tokens_per_s']:>12.1f}  "
+        extra = f" {_time(row['calibrated_tpot_s']):>11} {row['calibrated_tokens_per_s']:>12.1f}" if calibrated else ""
+        lines.append(f"{row['batch']:>6} {_time(row['tpot_s']):>10} {row['tokens_per_s']:>12.1f}{extra}  "
                      f"{'compute' if row['compute_bound'] else 'memory'}")
+    if calibrated:
+        lines.append("(TPOT: the roofline at the device's peaks; calibrated: this model's layers, LM head and sampler "
+                     "timed on this machine, plus attention's KV reads at the measured bandwidth)")
     return "\n".join(lines)
