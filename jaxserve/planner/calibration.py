@@ -4,13 +4,14 @@ simulators such as Vidur build one).
 
 The roofline (`roofline.py`) runs every matmul at peak bandwidth or peak FLOP/s. Real kernels do not: small
 projections pay fixed costs, row counts that miss the register block waste lanes, quantized formats spend
-instructions decoding, and norms, RoPE and the sampler cost time the roofline does not count.
+instructions decoding, and norms, RoPE, the sampler and the host's share of a step cost time the roofline does not
+count.
 `profile_decode_step` times, with random weights of the model's shapes prepared as the engine prepares them
 (packed for the native CPU kernels where those serve the matmuls) over enough layers that the weights stream from
 memory, (a) a decoder layer without its attention (norms, projections, RoPE, MLP, residuals: the engine's own
-functions) and (b) the final norm, LM head and sampler, at a grid of row counts. Attention enters at its roofline;
-what is left out (the attention kernel's efficiency, the host's scheduling and transfers) is what
-`bench/capacity.py`'s error still shows.
+functions) and (b) the final norm, LM head and sampler, at a grid of row counts, and (c) the engine's per-step
+host work (`step_overhead.py`). Attention enters at its roofline; what is left out (the attention kernel's
+efficiency, the scheduler's Python) is what `bench/capacity.py`'s error still shows.
 """
 
 from __future__ import annotations
@@ -35,19 +36,21 @@ MAX_PROFILED_ROWS = 256  # larger batches extrapolate linearly (compute-bound: t
 
 @dataclasses.dataclass(frozen=True)
 class DecodeProfile:
-    """Measured seconds of one decoder layer without attention, and of the final norm + LM head + sampler, at
-    `rows` rows (ascending)."""
+    """Measured seconds, at `rows` rows (ascending), of one decoder layer without attention, of the final norm +
+    LM head + sampler, and of the engine's own per-step host work (`step_overhead.py`)."""
 
     weight_format: str
     rows: tuple[int, ...]
     layer_seconds: tuple[float, ...]
     head_seconds: tuple[float, ...]
     num_layers: int  # the model's; the profile may have timed fewer and divided
+    host_seconds: tuple[float, ...] | None = None  # None: not measured (counted as 0)
 
     def step_seconds(self, batch: int) -> float:
-        """A decode step of `batch` rows without attention: every layer plus the head."""
+        """A decode step of `batch` rows without attention: every layer, the head and the host's share."""
+        host = 0.0 if self.host_seconds is None else _interpolate(self.rows, self.host_seconds, batch)
         return (self.num_layers * _interpolate(self.rows, self.layer_seconds, batch)
-                + _interpolate(self.rows, self.head_seconds, batch))
+                + _interpolate(self.rows, self.head_seconds, batch) + host)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -89,12 +92,13 @@ def layers_to_time(model: ModelConfig, weight_format: str, dtype: str = "float32
 
 
 def profile_decode_step(model: ModelConfig, weight_format: str, max_batch: int, dtype: str = "float32",
-                        repeats: int = 5, seed: int = 0) -> DecodeProfile:
+                        repeats: int = 5, seed: int = 0, host: bool = True) -> DecodeProfile:
     """Time a decode step's work on the local device at 1, 2, 4, ... rows up to `max_batch` (see the module doc).
 
     `weight_format`: float32 / bfloat16 / int8 / int4 (int8 per output channel, int4 in groups of 32, as the
     engine quantizes); `dtype`: the activations' (the engine's `dtype`). Random weights, so it runs before (or
-    without) a checkpoint; takes seconds to a minute (one compile per row count).
+    without) a checkpoint; takes seconds to a minute (one compile per row count). `host`: also measure the
+    engine's per-step host work (`step_overhead.measure_step_overhead`).
     """
     from jaxserve.engine.sampler import sample
     from jaxserve.model.cpu_weights import pack_params, resolve_matmul_backend
@@ -142,7 +146,12 @@ def profile_decode_step(model: ModelConfig, weight_format: str, max_batch: int, 
         positions = jnp.asarray(rng.integers(0, 512, r), jnp.int32)
         layer_s.append(median_seconds(layers_fn, params, x, positions, repeats=repeats) / timed)
         head_s.append(median_seconds(head_fn, params, x, _sampling_tensors(r), repeats=repeats))
-    return DecodeProfile(weight_format, rows, tuple(layer_s), tuple(head_s), model.num_layers)
+    host_s = None
+    if host:
+        from jaxserve.planner.step_overhead import measure_step_overhead
+
+        host_s = measure_step_overhead(rows, repeats=repeats)
+    return DecodeProfile(weight_format, rows, tuple(layer_s), tuple(head_s), model.num_layers, host_s)
 
 
 def _sampling_tensors(rows: int):

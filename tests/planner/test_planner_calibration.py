@@ -34,6 +34,8 @@ def test_profile_interpolates_between_rows_and_extrapolates_beyond():
     assert p.step_seconds(16) == pytest.approx(10 * 6e-3 + 8e-3)
     assert profiled_rows(1) == (1,) and profiled_rows(64) == (1, 2, 4, 8, 16, 32, 64)
     assert profiled_rows(100) == (1, 2, 4, 8, 16, 32, 64, 128) and profiled_rows(10**6)[-1] == 256
+    with_host = DecodeProfile(**{**p.to_dict(), "host_seconds": (1e-3, 1e-3, 1e-3, 2e-3)})
+    assert with_host.step_seconds(6) == pytest.approx(p.step_seconds(6) + 1.5e-3)
 
 
 def test_plan_adds_the_calibrated_tpot_with_attention_growing_with_context():
@@ -63,9 +65,13 @@ def test_profile_builds_every_layer_of_small_models_and_streams_large_ones():
 @pytest.mark.parametrize("weight_format", ["float32", "int8", "int4"])
 def test_profile_decode_step_runs_the_engine_functions(weight_format):
     model = ModelConfig.from_hf_config(TINY)
-    profile = profile_decode_step(model, weight_format, max_batch=3, repeats=1)
+    host = weight_format == "float32"  # the host measurement does not depend on the format: once is enough
+    profile = profile_decode_step(model, weight_format, max_batch=3, repeats=1, host=host)
     assert profile.rows == (1, 2, 4) and profile.num_layers == 2 and profile.weight_format == weight_format
     assert all(s > 0 for s in profile.layer_seconds + profile.head_seconds)
+    assert (profile.host_seconds is not None) == host
+    if host:
+        assert len(profile.host_seconds) == 3 and all(s > 0 for s in profile.host_seconds)
 
 
 def test_cli_local_measure_prints_the_calibrated_column(tmp_path, capsys):
