@@ -62,6 +62,7 @@ def test_router_balances_by_load_and_owns_each_request(tiny_gqa_checkpoint) -> N
     assert not engine._owner and engine.stats()["kv_cache_usage"] == 0.0
 
 
+@pytest.mark.slow  # ~30 s on 2 cores; make test-all (the engine-level replica tests stay in make test)
 def test_server_with_two_replicas() -> None:
     """`jaxserve serve --data-parallel-size 2` on the default model: concurrent requests all answered, identical."""
     from concurrent.futures import ThreadPoolExecutor

@@ -46,7 +46,7 @@ def reference(tiny_gqa_checkpoint) -> dict[str, list]:
             "unseeded": run(llm, UNSEEDED)}
 
 
-@pytest.mark.parametrize("tp", [1, 2])
+@pytest.mark.parametrize("tp", [1, pytest.param(2, marks=pytest.mark.slow)])  # tp=2: make test-all
 def test_same_outputs_as_the_interleaved_engine(tiny_gqa_checkpoint, reference, tp: int) -> None:
     llm = LLM(str(tiny_gqa_checkpoint), disaggregated=True, tensor_parallel_size=tp, **ENGINE_KWARGS)
     engine = llm.engine
@@ -196,6 +196,7 @@ def test_a_full_decode_pool_makes_requests_wait(overlap: bool) -> None:
     assert_pools_whole(engine)
 
 
+@pytest.mark.slow  # ~29 s on 2 cores; make test-all (the engine-level disaggregation tests stay in make test)
 def test_server_with_disaggregated_prefill_and_decode() -> None:
     """`jaxserve serve --disaggregated` on the default model: concurrent and streamed requests are answered."""
     from concurrent.futures import ThreadPoolExecutor

@@ -14,6 +14,7 @@ from jaxserve import LLM, SamplingParams
 WORKER = Path(__file__).with_name("multihost_engine_worker.py")
 
 
+@pytest.mark.slow  # two processes, ~20 s on 2 cores; make test-all
 @pytest.mark.timeout(240)
 def test_two_processes_serve_one_tensor_parallel_model(tiny_gqa_checkpoint, tmp_path: Path) -> None:
     leader, follower = run_pair(tmp_path, timeout_s=180, worker=WORKER, args=(str(tiny_gqa_checkpoint),))

@@ -100,6 +100,7 @@ def test_invalid_sizes_are_clear_errors(tiny_gqa_checkpoint) -> None:
         LLM(str(tiny_gqa_checkpoint), tensor_parallel_size=0, **ENGINE_KWARGS)
 
 
+@pytest.mark.slow  # ~22 s (interpret mode per shard); make test-all
 def test_pallas_kernels_run_per_shard() -> None:
     """The kernels (interpret mode) under shard_map see each device's heads and give the same tokens."""
     model = dataclasses.replace(TINY_GQA, hidden_size=128, num_heads=4, num_kv_heads=2, head_dim=64)  # kernel minimum
