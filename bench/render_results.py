@@ -18,14 +18,15 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from results_tables import (  # bench/ is not a package: a sibling module
+from aot_tables import render_aot_compile  # bench/ is not a package: sibling modules
+from results_tables import (
     plot_link,
+    render_attention_kernels,
     render_batching,
     render_capacity,
     render_compare,
     render_cpu_matmul,
     render_decode_step,
-    render_kernels,
     render_kv_memory,
     render_offline_throughput,
     render_prefix_cache,
@@ -51,7 +52,8 @@ RENDERERS: dict[str, tuple[str, Callable, str | None]] = {
     "serving_policy": ("serving_policy/*.json", render_serving_policy, None),
     "prefix_cache": ("prefix_cache.json", render_prefix_cache, None),
     "quantization": ("quantization.json", render_quantization, None),
-    "kernels": ("kernels.json", render_kernels, None),
+    "attention_kernels": ("attention_kernels.json", render_attention_kernels, None),
+    "aot_compile": ("aot_compile.json", render_aot_compile, None),
     "cpu_matmul": ("cpu_matmul.json", render_cpu_matmul, None),
     "capacity": ("capacity.json", render_capacity, None),
     "capacity_int8": ("capacity-int8.json", render_capacity, None),

@@ -123,7 +123,7 @@ def render_quantization(d: dict) -> list[str]:
                    "b1 tok/s", "b32 tok/s", "step ms b1", "step ms b32"], rows)]
 
 
-def render_kernels(d: dict) -> list[str]:
+def render_attention_kernels(d: dict) -> list[str]:
     p = d["peaks"]
     rows = [[r["kind"], r["path"], r["batch"], r["new_tokens"], f"{r['context']:,}", f(r["ms"], 2),
              f"{r['bytes_per_s'] / 1e9:.2f} ({r['frac_peak_bandwidth']:.0%})",

@@ -1,4 +1,4 @@
-"""The `jaxserve` command line: `serve`, `generate`, `convert` and `plan`."""
+"""The `jaxserve` command line: `serve`, `generate`, `convert`, `plan` and `compile`."""
 
 from __future__ import annotations
 
@@ -153,12 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="capacity plan: memory, max concurrency, roofline TTFT/TPOT for a device")
     add_plan_args(plan)
     plan.set_defaults(func=run_plan)
+    from jaxserve.aot.cli import add_compile_args, run_compile
+
+    comp = sub.add_parser("compile", help="compile every step function of a deployment for a TPU or GPU target "
+                          "this machine does not have (needs `make aot-tools`)")
+    add_engine_args(comp)
+    add_compile_args(comp)
+    comp.set_defaults(func=run_compile)
     from jaxserve.parallel.multihost import add_cli_arguments
 
     for subparser in (srv, gen):  # multi-host: every process runs the same command with its own process id
         add_cli_arguments(subparser)
     # --log-level works before or after the subcommand (so `python serve.py --log-level DEBUG` works too).
-    for subparser in (srv, gen, conv, plan):
+    for subparser in (srv, gen, conv, plan, comp):
         subparser.add_argument("--log-level", default=argparse.SUPPRESS, help="logging level (default INFO)")
     return parser
 

@@ -28,10 +28,12 @@ _SCALE_BYTES = 4  # one float32 scale per token, head and K/V for int8 pages
 INT8_MAX = 127.0
 
 
-def kv_bytes_per_token(model: ModelConfig, kv_dtype: str) -> int:
+def kv_bytes_per_token(model: ModelConfig, kv_dtype: str, head_dim: int | None = None) -> int:
     """Bytes of K and V for one token over all layers: 2 x layers x kv_heads x (head_dim x dtype bytes + scale
-    bytes for int8)."""
-    per_head = model.head_dim * _DTYPE_BYTES[kv_dtype] + (_SCALE_BYTES if kv_dtype == "int8" else 0)
+    bytes for int8). `head_dim` is the pages' (padded for some attention backends, see `allocate_kv_cache`);
+    default the model's."""
+    head_dim = model.head_dim if head_dim is None else head_dim
+    per_head = head_dim * _DTYPE_BYTES[kv_dtype] + (_SCALE_BYTES if kv_dtype == "int8" else 0)
     return 2 * model.num_layers * model.num_kv_heads * per_head
 
 
@@ -64,10 +66,17 @@ def _stored(values: jax.Array, storage: jnp.dtype) -> jax.Array:
 
 
 def allocate_kv_cache(model: ModelConfig, num_blocks: int, block_size: int, kv_dtype: str,
-                      sharding: jax.sharding.Sharding | None = None) -> KVCache:
+                      sharding: jax.sharding.Sharding | None = None, head_dim: int | None = None) -> KVCache:
     """Zero-filled K and V page arrays, on the default device or created in place with `sharding` (every
-    device then allocates only its own part, e.g. its KV heads under tensor parallelism)."""
-    shape = (model.num_layers, model.num_kv_heads, num_blocks, block_size, model.head_dim)
+    device then allocates only its own part, e.g. its KV heads under tensor parallelism).
+
+    `head_dim` (default the model's) may be larger than the model's: the Pallas kernels want some head dims
+    stored padded (`attention.dispatch.page_head_dim`); `write_kv` then writes zeros in the extra columns.
+    """
+    head_dim = model.head_dim if head_dim is None else head_dim
+    if head_dim < model.head_dim:
+        raise ValueError(f"page head_dim {head_dim} is smaller than the model's {model.head_dim}")
+    shape = (model.num_layers, model.num_kv_heads, num_blocks, block_size, head_dim)
     dtype = storage_dtype(kv_dtype, None if sharding is None else next(iter(sharding.device_set)).platform)
 
     def zeros() -> KVCache:
@@ -91,8 +100,14 @@ def quantize_kv(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def write_kv(cache: KVCache, layer: jax.Array, k: jax.Array, v: jax.Array, slot_mapping: jax.Array) -> KVCache:
-    """Scatter new K/V `[tokens, kv_heads, head_dim]` of one layer into their slots (in place under donation)."""
-    block_size = cache["k"].shape[3]
+    """Scatter new K/V `[tokens, kv_heads, head_dim]` of one layer into their slots (in place under donation).
+
+    Pages with a larger (padded) head dim get zeros in the extra columns (quantization scales are computed on the
+    real columns, which the zeros do not change)."""
+    block_size, page_dim = cache["k"].shape[3], cache["k"].shape[-1]
+    if k.shape[-1] < page_dim:
+        pad = ((0, 0), (0, 0), (0, page_dim - k.shape[-1]))
+        k, v = jnp.pad(k, pad), jnp.pad(v, pad)
     blocks, offsets = slot_mapping // block_size, slot_mapping % block_size
     if "k_scale" in cache:
         (kq, ks), (vq, vs) = quantize_kv(k), quantize_kv(v)

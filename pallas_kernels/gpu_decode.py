@@ -1,10 +1,12 @@
 """Paged decode attention for GPU (Pallas Triton backend), split-K ("flash decoding").
 
 Grid `(batch, kv_heads, splits)`. A program takes the G query heads sharing one KV head (padded to >= 16 rows for
-the tensor cores) and one contiguous share of the sequence's pages, gathers `pages_per_compute_block` pages per
-step straight from the page array, and keeps an online softmax. Splitting the pages gives small batches enough
-programs to fill the GPU; the per-split partial results are merged in plain jnp afterwards (a few KB). Blocks past
-the sequence's length are never visited and masked loads skip the tail pages of the last block.
+the tensor cores) and one contiguous share of the sequence's pages (the pages up to its length cut into `splits`
+shares of whole blocks, so short sequences in a wide table still spread over the splits), gathers
+`pages_per_compute_block` pages per step straight from the page array, and keeps an online softmax. Splitting the
+pages gives small batches enough programs to fill the GPU; the per-split partial results are merged in plain jnp
+afterwards (a few KB). Blocks past the sequence's length are never visited and masked loads skip the tail pages of
+the last block.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels import gpu_rules
+from pallas_kernels.chips import detect_chip
 from pallas_kernels.common import cdiv, check_pages, initial_state, with_layer_axis
 from pallas_kernels.gpu_pages import attend_pages
 from pallas_kernels.gpu_rules import MIN_DOT, padded_groups
 
 
 def _kernel(lengths_ref, layer_ref, tables_ref, q_ref, k_ref, v_ref, *rest, scale, num_kv_heads, num_pages,
-            pages_per_split, pages_per_block, quantized):
+            num_splits, table_width, pages_per_block, quantized):
     if quantized:
         ks_ref, vs_ref, o_ref, m_ref, l_ref = rest
     else:
@@ -33,15 +36,16 @@ def _kernel(lengths_ref, layer_ref, tables_ref, q_ref, k_ref, v_ref, *rest, scal
     block_size = k_ref.shape[1]
     q = q_ref[...]
     rows, head_dim = q.shape
+    used_pages = cdiv(length, block_size)
+    pages_per_split = cdiv(cdiv(used_pages, num_splits), pages_per_block) * pages_per_block
     first_page = split * pages_per_split
-    end_page = jnp.minimum(cdiv(length, block_size), first_page + pages_per_split)
+    end_page = jnp.minimum(used_pages, first_page + pages_per_split)
     base = (layer_ref[0] * num_kv_heads + h) * num_pages
     row_pos = jnp.full((rows, 1), length - 1, jnp.int32)
     row_ok = jnp.ones((rows, 1), jnp.bool_)
-    table_offset = b * (tables_ref.shape[0] // lengths_ref.shape[0])
-    m, l, acc = attend_pages(initial_state(rows, head_dim), q, tables_ref, table_offset, first_page, end_page,
+    m, l, acc = attend_pages(initial_state(rows, head_dim), q, tables_ref, b * table_width, first_page, end_page,
                              row_pos, row_ok, (k_ref, v_ref, ks_ref, vs_ref), base=base, scale=scale,
-                             pages_per_block=pages_per_block)
+                             pages_per_block=pages_per_block, table_width=table_width)
     o_ref[...] = acc
     m_ref[...] = m.reshape(rows)
     l_ref[...] = l.reshape(rows)
@@ -49,25 +53,29 @@ def _kernel(lengths_ref, layer_ref, tables_ref, q_ref, k_ref, v_ref, *rest, scal
 
 def paged_decode_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, lengths: jax.Array,
                            block_tables: jax.Array, *, scale: float, k_scales: jax.Array | None = None,
-                           v_scales: jax.Array | None = None, pages_per_compute_block: int = 8,
+                           v_scales: jax.Array | None = None, pages_per_compute_block: int | None = None,
                            num_splits: int | None = None, layer: jax.Array | int | None = None,
-                           num_warps: int = 4, num_stages: int = 2, interpret=False) -> jax.Array:
+                           num_warps: int | None = None, num_stages: int | None = None, chip=None,
+                           interpret=False) -> jax.Array:
     """Decode attention `q [B, Hq, D]` over paged K/V `[Hkv, NB, BS, D]` -> `[B, Hq, D]` (Triton).
 
-    Same contract as `tpu_decode.paged_decode_attention`; `num_splits` (default: enough programs to fill a GPU)
-    divides each sequence's pages among programs.
+    Same contract as `tpu_decode.paged_decode_attention`; `num_splits` divides each sequence's pages among
+    programs. Options not given follow `gpu_rules.plan_decode` for `chip` (a `chips.GpuChip`; default: the one
+    found, or the smallest listed).
     """
     batch, num_heads, head_dim = q.shape
     check_pages(q.dtype, k_pages, v_pages, k_scales, v_scales, head_dim, num_heads)
     k_pages, v_pages, k_scales, v_scales, layer = with_layer_axis(k_pages, v_pages, k_scales, v_scales, layer)
     _, num_kv_heads, num_pages, block_size, _ = k_pages.shape
-    gpu_rules.check_gpu_pages(block_size, head_dim, pages_per_compute_block)
     groups = num_heads // num_kv_heads
     rows = padded_groups(groups, MIN_DOT)
     width = block_tables.shape[1]
-    splits = num_splits or max(1, min(16, 256 // (batch * num_kv_heads), cdiv(width, pages_per_compute_block)))
-    per_split = cdiv(cdiv(width, splits), pages_per_compute_block) * pages_per_compute_block
-    tables = jnp.pad(block_tables.astype(jnp.int32), ((0, 0), (0, splits * per_split - width)))
+    plan = gpu_rules.plan_decode(chip or detect_chip("gpu"), block_size=block_size, head_dim=head_dim,
+                                 page_dtype=k_pages.dtype, q_dtype=q.dtype, groups=groups, num_kv_heads=num_kv_heads,
+                                 batch=batch, table_width=width, pages_per_compute_block=pages_per_compute_block,
+                                 num_splits=num_splits, num_stages=num_stages, num_warps=num_warps)
+    gpu_rules.check_gpu_pages(block_size, head_dim, plan.pages_per_compute_block)
+    splits = plan.num_splits
     qh = q.reshape(batch, num_kv_heads, groups, head_dim)
     qh = jnp.pad(qh, ((0, 0), (0, 0), (0, rows - groups), (0, 0)))
     flat = lambda x: None if x is None else x.reshape((-1,) + x.shape[3:])
@@ -77,9 +85,10 @@ def paged_decode_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
     whole = lambda x: pl.BlockSpec(x.shape, lambda *_: (0,) * x.ndim)
     q_spec = pl.BlockSpec((None, None, rows, head_dim), lambda b, h, s: (b, h, 0, 0))
     kernel = functools.partial(_kernel, scale=scale, num_kv_heads=num_kv_heads, num_pages=num_pages,
-                               pages_per_split=per_split, pages_per_block=pages_per_compute_block,
+                               num_splits=splits, table_width=width, pages_per_block=plan.pages_per_compute_block,
                                quantized=quantized)
-    scalars = [lengths.astype(jnp.int32), jnp.reshape(jnp.asarray(layer, jnp.int32), (1,)), tables.reshape(-1)]
+    scalars = [lengths.astype(jnp.int32), jnp.reshape(jnp.asarray(layer, jnp.int32), (1,)),
+               block_tables.astype(jnp.int32).reshape(-1)]
     acc, m, l = pl.pallas_call(
         kernel,
         grid=(batch, num_kv_heads, splits),
@@ -90,7 +99,7 @@ def paged_decode_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
         out_shape=[jax.ShapeDtypeStruct((batch, num_kv_heads, splits, rows, head_dim), jnp.float32),
                    jax.ShapeDtypeStruct((batch, num_kv_heads, splits, rows), jnp.float32),
                    jax.ShapeDtypeStruct((batch, num_kv_heads, splits, rows), jnp.float32)],
-        compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages),
+        compiler_params=pltriton.CompilerParams(num_warps=plan.num_warps, num_stages=plan.num_stages),
         interpret=interpret,
         name="jaxserve_paged_decode_gpu",
     )(*scalars, qh, *page_inputs)

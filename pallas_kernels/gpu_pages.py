@@ -29,10 +29,11 @@ def load_block(ref, index_base, pages, valid, scales: bool):
 
 
 def attend_pages(state, q, table_ref, table_offset, first_page, end_page, row_pos, row_ok, refs, *, base,
-                 scale: float, pages_per_block: int):
+                 scale: float, pages_per_block: int, table_width: int):
     """Fold pages `first_page <= p < end_page` (positions < end_page * BS, causally masked by `row_pos`) into state.
 
-    `table_ref[table_offset + p]` is page p of the sequence; `refs` = (k, v, k_scales, v_scales) flattened to
+    `table_ref[table_offset + p]` (p < `table_width`) is page p of the sequence, read by masked gathers of the
+    entries a step needs (the tables are never padded or copied); `refs` = (k, v, k_scales, v_scales) flattened to
     `[L * Hkv * NB, BS(, D)]`, `base` the index of this layer and head's first page.
     """
     k_ref, v_ref, ks_ref, vs_ref = refs
@@ -42,7 +43,8 @@ def attend_pages(state, q, table_ref, table_offset, first_page, end_page, row_po
     def body(j, state):
         local = first_page + j * pages_per_block + jnp.arange(pages_per_block)
         valid = local < end_page
-        pages = table_ref[pl.ds(table_offset + first_page + j * pages_per_block, pages_per_block)]
+        entry = table_offset + jnp.minimum(local, table_width - 1)
+        pages = pltriton.load(table_ref.at[(entry,)], mask=valid, other=0)
         k = load_block(k_ref, base, pages, valid, False)
         v = load_block(v_ref, base, pages, valid, False)
         if ks_ref is not None:

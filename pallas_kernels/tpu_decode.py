@@ -2,8 +2,9 @@
 
 Grid `(batch, kv_heads)`, both parallel. Each program takes the G query heads that share one KV head (grouped-query
 attention: the pages are read once for all of them) and streams that head's pages of one sequence through VMEM with
-an online softmax (`tpu_pages.attend_sequence`). Sequence lengths, block tables and the layer index travel in scalar
-prefetch (SMEM), so page addresses are known before the DMAs are issued.
+an online softmax (`tpu_pages.attend_sequence`). Sequence lengths and the layer index travel in scalar prefetch
+(SMEM); the block tables stay in HBM and each program copies the chunks of its sequence's row it walks into SMEM
+(`tpu_pages`), so the tables may be any size. Block sizes follow `tpu_rules.plan_decode` for the chip.
 """
 
 from __future__ import annotations
@@ -16,18 +17,15 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels import tpu_rules
+from pallas_kernels.chips import detect_chip
 from pallas_kernels.common import check_pages, finalize, initial_state, with_layer_axis
-from pallas_kernels.tpu_pages import PageRefs, attend_sequence, scratch_shapes
+from pallas_kernels.tpu_pages import attend_sequence, page_refs, scratch_shapes
 
 
-def _kernel(lengths_ref, tables_ref, layer_ref, q_ref, k_hbm, v_hbm, *rest, scale: float, table_width: int,
+def _kernel(lengths_ref, layer_ref, q_ref, tables_hbm, k_hbm, v_hbm, *rest, scale: float, table_width: int,
             quantized: bool):
-    if quantized:
-        ks_hbm, vs_hbm, o_ref, k_buf, v_buf, ks_buf, vs_buf, sems = rest
-    else:
-        (o_ref, k_buf, v_buf, sems), ks_hbm, vs_hbm, ks_buf, vs_buf = rest, None, None, None, None
+    refs, o_ref = page_refs(tables_hbm, k_hbm, v_hbm, rest, quantized)
     b, h = pl.program_id(0), pl.program_id(1)
-    refs = PageRefs(tables_ref, k_hbm, v_hbm, ks_hbm, vs_hbm, k_buf, v_buf, ks_buf, vs_buf, sems)
     q = q_ref[...]  # [G, D]
     length = lengths_ref[b]
     rows = q.shape[0]
@@ -41,24 +39,32 @@ def _kernel(lengths_ref, tables_ref, layer_ref, q_ref, k_hbm, v_hbm, *rest, scal
 
 def paged_decode_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, lengths: jax.Array,
                            block_tables: jax.Array, *, scale: float, k_scales: jax.Array | None = None,
-                           v_scales: jax.Array | None = None, pages_per_compute_block: int = 8,
-                           layer: jax.Array | int | None = None, interpret=False) -> jax.Array:
+                           v_scales: jax.Array | None = None, pages_per_compute_block: int | None = None,
+                           table_chunk: int | None = None, layer: jax.Array | int | None = None, chip=None,
+                           interpret=False) -> jax.Array:
     """Decode attention `q [B, Hq, D]` over paged K/V `[Hkv, NB, BS, D]` -> `[B, Hq, D]`.
 
     `lengths [B]` counts each sequence's cached tokens (the current one included; 0 gives zeros);
     `block_tables [B, M]` lists its pages. int8 pages take per-token `k_scales`/`v_scales` `[Hkv, NB, BS]`.
     With `layer`, the pages (and scales) carry a leading layer axis and the kernel reads that layer in place,
     which saves slicing one layer out of the whole cache on every call. `interpret` is True or a
-    `pltpu.InterpretParams` (the checked interpreter) to run without a TPU.
+    `pltpu.InterpretParams` (the checked interpreter) to run without a TPU. `pages_per_compute_block` and
+    `table_chunk` (block-table entries per SMEM chunk) default to `tpu_rules.plan_decode` for `chip` (a
+    `chips.TpuChip`; default: the one found, or the smallest listed).
     """
     batch, num_heads, head_dim = q.shape
     check_pages(q.dtype, k_pages, v_pages, k_scales, v_scales, head_dim, num_heads)
     k_pages, v_pages, k_scales, v_scales, layer = with_layer_axis(k_pages, v_pages, k_scales, v_scales, layer)
     _, num_kv_heads, _, block_size, _ = k_pages.shape
-    tpu_rules.check_tpu_pages(block_size, head_dim, k_pages.dtype, pages_per_compute_block)
     groups = num_heads // num_kv_heads
     quantized = k_scales is not None
     table_width = block_tables.shape[1]
+    chip = chip or detect_chip("tpu")
+    plan = tpu_rules.plan_decode(chip, block_size=block_size, head_dim=head_dim, page_dtype=k_pages.dtype,
+                                 q_dtype=q.dtype, groups=groups, table_width=table_width,
+                                 pages_per_compute_block=pages_per_compute_block, table_chunk=table_chunk)
+    pages_per_compute_block = plan.pages_per_compute_block
+    tpu_rules.check_tpu_pages(block_size, head_dim, k_pages.dtype, pages_per_compute_block)
 
     q_spec = pl.BlockSpec((None, None, groups, head_dim), lambda b, h, *_: (b, h, 0, 0))
     any_spec = pl.BlockSpec(memory_space=pl.ANY)
@@ -66,17 +72,18 @@ def paged_decode_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
     out = pl.pallas_call(
         kernel,
         grid_spec=pltpu.PrefetchScalarGridSpec(
-            num_scalar_prefetch=3,
+            num_scalar_prefetch=2,
             grid=(batch, num_kv_heads),
-            in_specs=[q_spec] + [any_spec] * (4 if quantized else 2),
+            in_specs=[q_spec] + [any_spec] * (5 if quantized else 3),
             out_specs=q_spec,
-            scratch_shapes=scratch_shapes(pages_per_compute_block, block_size, head_dim, k_pages.dtype, quantized),
+            scratch_shapes=scratch_shapes(pages_per_compute_block, block_size, head_dim, k_pages.dtype, quantized,
+                                          plan.table_chunk),
         ),
         out_shape=jax.ShapeDtypeStruct((batch, num_kv_heads, groups, head_dim), q.dtype),
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel")),
         interpret=interpret,
         name="jaxserve_paged_decode_tpu",
-    )(lengths.astype(jnp.int32), block_tables.astype(jnp.int32).reshape(-1),
-      jnp.reshape(jnp.asarray(layer, jnp.int32), (1,)), q.reshape(batch, num_kv_heads, groups, head_dim),
+    )(lengths.astype(jnp.int32), jnp.reshape(jnp.asarray(layer, jnp.int32), (1,)),
+      q.reshape(batch, num_kv_heads, groups, head_dim), block_tables.astype(jnp.int32),
       k_pages, v_pages, *((k_scales, v_scales) if quantized else ()))
     return out.reshape(batch, num_heads, head_dim)

@@ -93,7 +93,7 @@ def test_check_detects_stale_markdown(setup: tuple[Path, Path]) -> None:
 
 def test_block_without_json_is_left_alone(tmp_path: Path) -> None:
     md = tmp_path / "RESULTS.md"
-    md.write_text("<!-- results:kernels -->\nkept as is\n<!-- /results:kernels -->\n")
+    md.write_text("<!-- results:attention_kernels -->\nkept as is\n<!-- /results:attention_kernels -->\n")
     (tmp_path / "results").mkdir()
     assert run(tmp_path / "results", md, "--check") == 0
     assert run(tmp_path / "results", md) == 0

@@ -20,7 +20,8 @@ def test_engine_flags_map_one_to_one_to_engine_args():
 
 
 def test_generate_on_the_default_model_prints_json(capsys):
-    assert main(["generate", *SMALL_ENGINE, "--chat", "--json", "--max-tokens", "16",
+    # Buckets compile as they are first used (compiling all of them up front is tests/engine/test_kv_donation.py's).
+    assert main(["generate", *SMALL_ENGINE, "--no-compile-all-buckets", "--chat", "--json", "--max-tokens", "16",
                  "--prompt", "What is the capital of France?"]) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["prompt"] == "What is the capital of France?"
@@ -29,7 +30,9 @@ def test_generate_on_the_default_model_prints_json(capsys):
 
 
 def test_generate_reports_bad_input_as_an_error(capsys):
-    assert main(["generate", *SMALL_ENGINE, "--max-tokens", "1000", "--prompt", "hello"]) == 2
+    # The request is refused before any step runs: compiling every bucket first (~10 s here) would test nothing.
+    assert main(["generate", *SMALL_ENGINE, "--no-compile-all-buckets", "--max-tokens", "1000", "--prompt",
+                 "hello"]) == 2
     assert "maximum context length is 256" in capsys.readouterr().err
 
 

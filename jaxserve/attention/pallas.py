@@ -4,7 +4,12 @@ The model writes each step's K/V into the pages before calling attention, so the
 pages and the step's `k`, `v` and `positions` are not needed (positions follow from `seq_lens` and
 `query_start_loc`). Decode steps (every sequence has at most one new token) run the decode kernel, anything else
 the ragged kernel; the choice is a `lax.cond` on device, as in `attention/xla.py`. The whole cache goes to the
-kernels with the layer index, so no layer slice is copied out per call.
+kernels with the layer index, so no layer slice is copied out per call. Pages may hold a padded head dim
+(`attention.dispatch.page_head_dim`); the kernels pad q and return the model's head dim.
+
+In a decode step the real sequences are packed first with one token each, so token i belongs to table row i: the
+decode kernel runs on the first min(T, S) rows with the block tables as they are (no `[T, M]` gather of table
+rows per layer) and the result is padded back to the T tokens of the bucket.
 """
 
 from __future__ import annotations
@@ -43,16 +48,18 @@ def make_pallas_attention(kernel_backend: str, interpret: bool = False, **kernel
         k_pages, v_pages = logical_pages(cache["k"]), logical_pages(cache["v"])
         quantized = k_pages.dtype == jnp.int8
         q_in = q if quantized else q.astype(k_pages.dtype)
+        # The kernels return q's head dim; the model reads [T, Hq, head_dim] whatever the pages hold.
         pages = dict(k_scales=cache.get("k_scale"), v_scales=cache.get("v_scale"), layer=layer, scale=scale,
                      backend=kernel_backend, interpret=interpret, **kernel_options)
         num_tokens = q.shape[0]
 
         def decode(q_in):
-            token_seq = meta.token_to_seq(num_tokens)
-            real = jnp.arange(num_tokens) < meta.num_tokens
-            lengths = jnp.where(real, meta.seq_lens[token_seq], 0)
-            return pallas_kernels.paged_decode_attention(q_in, k_pages, v_pages, lengths,
-                                                         meta.block_tables[token_seq], **pages)
+            rows = min(num_tokens, meta.seq_lens.shape[0])
+            # Rows without a token this step (padding rows: query length 0) get length 0, hence zeros.
+            lengths = jnp.where(meta.query_lens[:rows] > 0, meta.seq_lens[:rows], 0)
+            tables = meta.block_tables if rows == meta.block_tables.shape[0] else meta.block_tables[:rows]
+            out = pallas_kernels.paged_decode_attention(q_in[:rows], k_pages, v_pages, lengths, tables, **pages)
+            return jnp.pad(out, ((0, num_tokens - rows), (0, 0), (0, 0))) if rows < num_tokens else out
 
         def ragged(q_in):
             num_seqs = jnp.asarray(meta.seq_lens.shape[0], jnp.int32)

@@ -160,13 +160,14 @@ def size_kv_pool(config: EngineConfig, memory_utilization: float = DEFAULT_MEMOR
     exactly the pool and concurrency the engine gets.
     """
     cache = config.cache
-    per_block = kv_bytes_per_token(config.model, config.kv_dtype) * cache.block_size
+    head_dim = pages_head_dim(config, devices)
+    per_block = kv_bytes_per_token(config.model, config.kv_dtype, head_dim) * cache.block_size
     if cache.num_kv_blocks is not None:
         num_blocks = cache.num_kv_blocks
     else:
         budget = cache.kv_cache_memory or local_kv_budget(memory_utilization, devices)
         num_blocks = kv_pool_blocks(config.model, config.kv_dtype, cache.block_size, budget,
-                                    config.max_blocks_per_seq, config.scheduler.max_num_seqs)
+                                    config.max_blocks_per_seq, config.scheduler.max_num_seqs, head_dim=head_dim)
     if num_blocks < 2:
         raise ValueError(f"the KV budget holds {num_blocks} pages of {per_block} bytes; at least 2 are needed")
     tokens = (num_blocks - 1) * cache.block_size
@@ -174,4 +175,17 @@ def size_kv_pool(config: EngineConfig, memory_utilization: float = DEFAULT_MEMOR
                 "max_model_len=%d: %d sequences", num_blocks - 1, cache.block_size, tokens,
                 num_blocks * per_block / 2**20, per_block // cache.block_size, config.scheduler.max_model_len,
                 max_concurrency(num_blocks, config.scheduler.max_model_len, cache.block_size))
+    if head_dim != config.model.head_dim:
+        logger.info("KV pages are stored with head_dim padded %d -> %d for the attention kernels (counted above)",
+                    config.model.head_dim, head_dim)
     return num_blocks
+
+
+def pages_head_dim(config: EngineConfig, devices: list | None = None) -> int:
+    """The head dim the KV pages are stored with on `devices` (padded for some Pallas kernels)."""
+    from jaxserve.attention.dispatch import page_head_dim
+
+    platform = (devices[0] if devices else jax.devices()[0]).platform
+    sched = config.scheduler
+    return page_head_dim(config.attention_backend, config.model, platform, block_size=config.cache.block_size,
+                         kv_dtype=config.kv_dtype, max_model_len=sched.max_model_len, max_num_seqs=sched.max_num_seqs)

@@ -35,6 +35,9 @@ def add_plan_args(parser: argparse.ArgumentParser) -> None:
                         "int8 default: per output channel)")
     parser.add_argument("--prompt-len", type=int, default=512)
     parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--compiled-workspace", default=None, metavar="REPORT.json",
+                        help="take the step workspace per chip from a `jaxserve compile --json` report of this "
+                             "deployment instead of the planner's estimate")
     parser.add_argument("--json", action="store_true")
 
 
@@ -55,13 +58,31 @@ def request_from_args(ns: argparse.Namespace) -> PlanRequest:
     else:
         device, profile = get_device(ns.device), None
     device = device.with_overrides(ns.memory_gb, ns.bandwidth_gbs, ns.tflops)
+    workspace = None if ns.compiled_workspace is None else compiled_workspace(ns.compiled_workspace, ns.num_devices)
     return PlanRequest(model=model, device=device, model_name=name, weight_format=ns.dtype,
                        kv_cache_dtype=ns.kv_cache_dtype, max_model_len=ns.max_model_len,
                        memory_utilization=ns.gpu_memory_utilization, num_devices=ns.num_devices,
                        block_size=ns.block_size, kv_cache_memory=kv_cache_memory,
                        max_num_batched_tokens=ns.max_num_batched_tokens, max_num_seqs=ns.max_num_seqs,
                        prompt_len=ns.prompt_len, output_len=ns.output_len, group_size=ns.group_size,
-                       profile=profile)
+                       profile=profile, workspace_bytes=workspace)
+
+
+def compiled_workspace(path: str, num_devices: int) -> float:
+    """The step workspace of all `num_devices` devices from a `jaxserve compile --json` report: the largest
+    transient (temporaries, non-aliased outputs, code) of any step function, per chip, times the chips."""
+    try:
+        with open(path) as f:
+            report = json.load(f)
+        per_chip = report["per_chip"]["compiler"]["workspace"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"--compiled-workspace {path}: not a `jaxserve compile --json` report ({err})") from None
+    if per_chip is None:
+        raise ValueError(f"--compiled-workspace {path}: the report has no workspace (a step failed to compile)")
+    if report.get("tensor_parallel_size", num_devices) != num_devices:
+        raise ValueError(f"--compiled-workspace {path} was compiled for {report['tensor_parallel_size']} device(s); "
+                         f"this plan has --num-devices {num_devices}")
+    return float(per_chip) * num_devices
 
 
 def _local_profile(model, device, kv_cache_memory: float, ns: argparse.Namespace):

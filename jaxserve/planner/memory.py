@@ -94,13 +94,14 @@ def workspace_bytes(model: ModelConfig, max_num_batched_tokens: int, max_num_seq
 
 
 def kv_pool_blocks(model: ModelConfig, kv_dtype: str, block_size: int, budget_bytes: float,
-                   max_blocks_per_seq: int | None = None, max_num_seqs: int | None = None) -> int:
+                   max_blocks_per_seq: int | None = None, max_num_seqs: int | None = None,
+                   head_dim: int | None = None) -> int:
     """Pages (the reserved padding page included) that fit in `budget_bytes`.
 
     With `max_num_seqs`, the pool is capped at what that many full-length sequences can use, since more pages
-    would only waste memory.
+    would only waste memory. `head_dim` is the pages' (padded for some kernels; default the model's).
     """
-    per_block = kv_bytes_per_token(model, kv_dtype) * block_size
+    per_block = kv_bytes_per_token(model, kv_dtype, head_dim) * block_size
     blocks = int(budget_bytes // per_block)
     if max_num_seqs is not None and max_blocks_per_seq is not None:
         blocks = min(blocks, max_num_seqs * max_blocks_per_seq + 1)

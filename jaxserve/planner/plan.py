@@ -35,6 +35,11 @@ class PlanRequest:
     group_size: int | None = None  # None: int4 groups of 32, int8 per output channel
     # Measured matmul times of this model on the device (calibration.profile_decode_matmuls): adds a calibrated TPOT
     profile: DecodeProfile | None = None
+    # The step workspace (all devices) as the compiler reports it (`jaxserve compile --json`), in place of the
+    # planner's estimate, so the KV pool planned is the largest that really fits.
+    workspace_bytes: float | None = None
+    # The head dim the KV pages are stored with (padded for some attention kernels); None: the model's.
+    page_head_dim: int | None = None
 
     def __post_init__(self) -> None:
         if self.weight_format not in memory.WEIGHT_FORMATS:
@@ -83,16 +88,18 @@ def plan(req: PlanRequest) -> dict[str, Any]:
                                  bandwidth=req.device.bandwidth * n,
                                  peak_flops={k: v * n for k, v in req.device.peak_flops.items()})
     weights = memory.model_bytes(model, req.weight_format, req.compute_dtype, req.group_size)
-    kv_token = kv_bytes_per_token(model, req.kv_dtype)
+    kv_token = kv_bytes_per_token(model, req.kv_dtype, req.page_head_dim)
     blocks_per_seq = math.ceil(req.context_len / req.block_size)
     kv_sequence = blocks_per_seq * req.block_size * kv_token
-    workspace = memory.workspace_bytes(model, req.max_num_batched_tokens, req.max_num_seqs or 256)
+    workspace = req.workspace_bytes
+    if workspace is None:
+        workspace = memory.workspace_bytes(model, req.max_num_batched_tokens, req.max_num_seqs or 256)
     if req.kv_cache_memory is not None:
         budget = req.kv_cache_memory
     else:
         budget = device.memory_bytes * req.memory_utilization - weights - workspace
     num_blocks = memory.kv_pool_blocks(model, req.kv_dtype, req.block_size, max(budget, 0),
-                                       blocks_per_seq, req.max_num_seqs)
+                                       blocks_per_seq, req.max_num_seqs, head_dim=req.page_head_dim)
     concurrency = memory.max_concurrency(num_blocks, req.context_len, req.block_size)
     fits = concurrency >= 1  # the weights fit and so does at least one sequence of max_model_len
     context = min(req.prompt_len + req.output_len // 2, req.context_len)
@@ -112,7 +119,9 @@ def plan(req: PlanRequest) -> dict[str, Any]:
         "model": req.model_name, "device": device.name, "device_source": device.source, "num_devices": n,
         "weight_format": req.weight_format, "kv_cache_dtype": req.kv_dtype, "max_model_len": req.context_len,
         "block_size": req.block_size, "parameters": model.num_parameters(), "model_bytes": weights,
-        "kv_bytes_per_token": kv_token, "kv_bytes_per_sequence": kv_sequence, "workspace_bytes": workspace,
+        "kv_bytes_per_token": kv_token, "page_head_dim": req.page_head_dim or model.head_dim,
+        "kv_bytes_per_sequence": kv_sequence, "workspace_bytes": workspace,
+        "workspace_source": "estimate" if req.workspace_bytes is None else "compiler",
         "kv_budget_bytes": max(budget, 0), "num_kv_blocks": num_blocks, "fits": fits,
         "max_concurrency": concurrency, "prompt_len": req.prompt_len, "decode_context": context,
         "ttft_s": ttft.seconds, "prefill_compute_bound": ttft.compute_bound, "decode": decode,

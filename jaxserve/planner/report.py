@@ -26,6 +26,7 @@ def format_plan(p: dict[str, Any]) -> str:
         f"KV per token     {p['kv_bytes_per_token']:,} B ({p['kv_cache_dtype']}; 2 x layers x kv_heads x head_dim "
         f"x bytes)",
         f"KV per sequence  {_size(p['kv_bytes_per_sequence'])} at max_model_len={p['max_model_len']}",
+        f"step workspace   {_size(p['workspace_bytes'])} ({p.get('workspace_source', 'estimate')})",
         f"KV budget        {_size(p['kv_budget_bytes'])} -> {p['num_kv_blocks']} pages of {p['block_size']} tokens",
         f"max concurrency  {p['max_concurrency']} full-length sequences" + ("" if p["fits"] else
                                                                            "  (DOES NOT FIT)"),

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .quantize import SCHEMES, quantize
+from .quantize import SCHEMES, quantize, quantized_struct
 from .tensor import QuantizedTensor, is_quantized
 
 DEFAULT_INT4_GROUP_SIZE = 32
@@ -50,6 +50,11 @@ class QuantConfig:
     def quantize(self, key: str, w: np.ndarray, dtype: str) -> QuantizedTensor:
         """Quantize float parameter `key` (the embedding out-first, others `[.., in, out]`)."""
         return quantize(w, self.bits, self.group_size, out_first=key in EMBEDDING_KEYS, dtype=dtype, name=key)
+
+    def quantize_struct(self, key: str, shape: tuple[int, ...], dtype: str) -> QuantizedTensor:
+        """The abstract (shape-only) QuantizedTensor `quantize` would make of parameter `key` of `shape`."""
+        return quantized_struct(shape, self.bits, self.group_size, out_first=key in EMBEDDING_KEYS, dtype=dtype,
+                                name=key)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (for native checkpoint metadata)."""

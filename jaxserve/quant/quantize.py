@@ -79,6 +79,30 @@ def quantize(w: np.ndarray, bits: int, group_size: int | None = None, *, out_fir
                            dtype)
 
 
+def quantized_struct(shape: tuple[int, ...], bits: int, group_size: int | None = None, *, out_first: bool = False,
+                     dtype: str = "float32", name: str = "weight") -> QuantizedTensor:
+    """The QuantizedTensor `quantize` makes of a float weight of `shape`, as `jax.ShapeDtypeStruct`s (no data):
+    what `jaxserve compile` lowers the model with, where no weights exist."""
+    import jax
+
+    k = shape[-1] if out_first else shape[-2]
+    group_size = k if group_size is None else group_size
+    check_shape(shape, bits, group_size, out_first, name)
+    out_axis = len(shape) - (2 if out_first else 1)
+    in_axis = len(shape) - (1 if out_first else 2)
+    values = list(shape)
+    if bits == 4:
+        values[out_axis] //= 2
+    scales = list(shape)
+    scales[in_axis] = k // group_size
+    scale_dtype = np.float32 if group_size == k else np.float16
+    value_dtype = np.int8 if bits == 8 else np.uint8
+    sds = jax.ShapeDtypeStruct
+    offsets = sds(tuple(scales), scale_dtype) if bits == 4 else None
+    return QuantizedTensor(sds(tuple(values), value_dtype), sds(tuple(scales), scale_dtype), offsets, bits,
+                           group_size, out_first, dtype)
+
+
 def int4_grid(grouped: np.ndarray, refine_steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Scale and offset per group (last axis) of a 16-level grid `q * s + o`, q in 0..15.
 

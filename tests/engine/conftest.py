@@ -1,4 +1,5 @@
-"""Fixtures for engine tests: a tiny random model served by one shared LLM, and the default model for text."""
+"""Fixtures for engine tests: a tiny random model served by one shared LLM (the default model's, `default_llm`, is
+in tests/conftest.py: the model tests share it)."""
 
 from __future__ import annotations
 
@@ -53,11 +54,3 @@ def llm(tiny_llm: Any) -> Any:
         assert_pool_whole(tiny_llm.engine)
     finally:
         _drain(tiny_llm.engine)
-
-
-@pytest.fixture(scope="session")
-def default_llm() -> Any:
-    """The default model (SmolLM2-135M-Instruct GGUF) with small limits, for text-level tests."""
-    from jaxserve import LLM
-
-    return LLM(dtype="float32", max_model_len=512, max_num_seqs=8, max_num_batched_tokens=128, progress=False)

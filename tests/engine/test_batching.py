@@ -24,7 +24,7 @@ def small_step_llm(tiny_model):
     from jaxserve import LLM
 
     return LLM(str(tiny_model[0]), skip_tokenizer_init=True, dtype="float32", max_model_len=256, max_num_seqs=8,
-               max_num_batched_tokens=16, progress=False)
+               max_num_batched_tokens=16, compile_all_buckets=False, progress=False)
 
 
 def test_chunked_prefill_matches_unchunked(llm, small_step_llm):

@@ -29,8 +29,14 @@ def _generate(directory, backend: str, **kwargs):
     return llm, [o.outputs[0] for o in outs]
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"quantization": "int8"}, {"quantization": "int4", "kv_cache_dtype": "int8"},
-                                    {"max_num_batched_tokens": 16}])  # 16: prompts are chunked
+# ~12 s each on 2 cores. int8 weights and chunked prompts (16-token steps) run in make test-all only; in make test
+# the native kernels over int8 weights and over prompt chunks stay covered by
+# tests/quant/test_quant_model.py::test_native_cpu_kernels_compute_the_same_quantized_model (int8 per channel and
+# per group, whole and 4-token chunks) and tests/model/test_hf_parity.py::test_prompt_logits_match_transformers
+# (the cpu backend over two prompt chunks), and the engine here keeps float and int4 + int8 KV.
+@pytest.mark.parametrize("kwargs", [{}, pytest.param({"quantization": "int8"}, marks=pytest.mark.slow),
+                                    {"quantization": "int4", "kv_cache_dtype": "int8"},
+                                    pytest.param({"max_num_batched_tokens": 16}, marks=pytest.mark.slow)])
 def test_native_kernels_give_the_xla_paths_tokens(tiny_model, kwargs, monkeypatch):
     directory, _ = tiny_model
     native, ours = _generate(directory, "cpu", **kwargs)

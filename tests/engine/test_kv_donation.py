@@ -53,7 +53,7 @@ def warm_workload(tiny_model):
                  max_num_batched_tokens=64, progress=False).engine
     assert engine.runner.warmed_up and engine.config.compile_all_buckets
     runner = engine.runner
-    jitted = {name: f for name, f in vars(runner).items() if hasattr(f, "_cache_size")}  # the jitted steps
+    jitted = {name: f for name, f in vars(runner.steps).items() if hasattr(f, "_cache_size")}  # the jitted steps
     assert any("model" in name for name in jitted)
     before = {name: f._cache_size() for name, f in jitted.items()}
     compiles = []

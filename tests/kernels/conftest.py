@@ -1,4 +1,4 @@
-"""Kernel tests run on CPU: numerics in Pallas interpret mode, TPU/GPU lowering through jax.export."""
+"""Kernel tests run on CPU: numerics in Pallas interpret mode (the TPU / GPU compiles are tests/aot)."""
 
 from __future__ import annotations
 

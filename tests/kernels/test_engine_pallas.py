@@ -79,20 +79,36 @@ def test_dispatch_choices() -> None:
         dispatch.get_attention_fn("triton")
 
 
-@pytest.mark.parametrize("platform, block_size, head_dim, match", [
-    ("tpu", 4, 64, "multiple of 8"),
-    ("tpu", 16, 96, "head_dim"),
-    ("gpu", 8, 64, "power-of-two page size"),
-    ("gpu", 16, 48, "power-of-two head_dim"),
+@pytest.mark.parametrize("platform, block_size, head_dim, limits, match", [
+    ("tpu", 4, 64, {}, "multiple of 8"),
+    ("tpu", 16, 320, {}, "MAX_HEAD_DIM"),
+    ("gpu", 8, 64, {}, "power-of-two page size"),
+    ("gpu", 16, 64, {"max_model_len": 262144}, "MAX_MODEL_LEN"),
+    ("tpu", 16, 64, {"max_num_seqs": 512}, "MAX_NUM_SEQS"),
 ])
-def test_startup_checks_name_the_problem(platform: str, block_size: int, head_dim: int, match: str) -> None:
+def test_startup_checks_name_the_problem(platform: str, block_size: int, head_dim: int, limits: dict,
+                                         match: str) -> None:
     model = ModelConfig(**{**TINY_GQA.__dict__, "head_dim": head_dim})
     with pytest.raises(ValueError, match=match):
         dispatch.get_attention_fn("pallas", model=model, block_size=block_size, kv_dtype="float32",
-                                  platform=platform)
-    # "auto" does not fail the engine: it logs and takes the XLA path.
+                                  platform=platform, **limits)
+    # "auto" does not fail the engine: it logs and takes the XLA path (and the pages keep the model's head dim).
     assert dispatch.get_attention_fn("auto", model=model, block_size=block_size, kv_dtype="float32",
-                                     platform=platform) is xla_paged_attention
+                                     platform=platform, **limits) is xla_paged_attention
+    assert dispatch.page_head_dim("auto", model, platform, block_size=block_size, kv_dtype="float32",
+                                  **limits) == head_dim
+
+
+@pytest.mark.parametrize("platform, head_dim, page_dim", [
+    ("tpu", 64, 128), ("tpu", 80, 128), ("tpu", 96, 128), ("tpu", 112, 128), ("tpu", 128, 128),
+    ("gpu", 48, 64), ("gpu", 80, 128), ("gpu", 96, 128), ("gpu", 256, 256),
+])
+def test_padded_head_dims_pass_the_startup_check(platform: str, head_dim: int, page_dim: int) -> None:
+    model = ModelConfig(**{**TINY_GQA.__dict__, "head_dim": head_dim})
+    geometry = {"block_size": 16, "kv_dtype": "bfloat16"}
+    assert dispatch.get_attention_fn("pallas", model=model, platform=platform, **geometry) is not xla_paged_attention
+    assert dispatch.page_head_dim("pallas", model, platform, **geometry) == page_dim
+    assert dispatch.page_head_dim("xla", model, platform, **geometry) == head_dim
 
 
 def test_engine_rejects_unsupported_pages_at_startup() -> None:

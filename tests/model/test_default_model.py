@@ -16,28 +16,39 @@ CHATS = [[{"role": "user", "content": "Write a haiku about the sea."}],
           {"role": "user", "content": "Name three primary colors."}]]
 
 
-@pytest.fixture(scope="module")
-def llm():
-    from jaxserve import LLM
-
-    return LLM(dtype="float32", max_model_len=512, max_num_seqs=8, max_num_batched_tokens=128, progress=False)
+@pytest.fixture
+def llm(default_llm):
+    """The suite's shared default-model LLM (tests/conftest.py; same limits as this file always used)."""
+    return default_llm
 
 
 @pytest.fixture(scope="module")
 def hf_model():
+    import functools
+
+    import gguf
     import torch
     import transformers
 
     from jaxserve.checkpoint import default_model_path
 
     path = default_model_path()
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
+    # transformers rebuilds the same tensor-name map once per module while loading (~400 times, seconds on 2
+    # cores); memoising it changes nothing else (as in tests/checkpoint/test_checkpoint_default_model.py).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gguf, "get_tensor_name_map", functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map))
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
     model.generation_config.eos_token_id = None
     return model
 
 
+@pytest.mark.slow  # transformers' GGUF load alone is ~15 s on 2 cores: make test-all (see below)
 def test_greedy_continuations_match_transformers(llm, hf_model):
+    """The whole chain at once. make test checks its links separately: every tensor of this file equals
+    transformers' dequantization of it (tests/checkpoint/test_checkpoint_default_model.py::
+    test_default_model_equals_transformers_gguf_loader), the forward pass equals transformers' on tiny Llamas with
+    tied embeddings and GQA (tests/model/test_hf_parity.py), and this model's chat answer and template below."""
     tok = llm.get_tokenizer()
     prompts = [{"prompt_token_ids": tok.encode(p)} for p in PLAIN]
     for chat in CHATS:

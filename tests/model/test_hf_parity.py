@@ -19,6 +19,13 @@ CASES = {
                                           tie_word_embeddings=True, rope_scaling=LLAMA3_ROPE)),
     "llama_mqa": ("llama", dict(num_attention_heads=4, num_key_value_heads=1)),
 }
+# make test runs every architecture's prompt logits on both backends (minus Mistral on "cpu", whose attention is the
+# XLA path's anyway: the window) and greedy decoding for llama_gqa and mistral_window (GQA, the window); make test-all
+# adds greedy decoding for the other three (~5-7 s each on 2 cores), whose differences (bias, tied head and head_dim,
+# llama3 RoPE, one KV head) sit in the projections and positions that the prompt-logits test checks on both backends,
+# chunked, which is what decode steps read (the decode kernels' MQA: tests/kernels/test_cpu_kernels.py).
+SLOW_GREEDY = {"qwen2_bias", "llama3_tied_headdim", "llama_mqa"}
+SLOW_LOGITS = {("mistral_window", "cpu")}
 PROMPT_LEN = 40
 NEW_TOKENS = 32
 ATOL = 1e-4
@@ -49,7 +56,9 @@ def test_loaded_config_matches_the_architecture(case):
         assert cfg.num_kv_heads == 1
 
 
-@pytest.mark.parametrize("backend", ["xla", "cpu"])
+@pytest.mark.parametrize("case,backend", [
+    pytest.param(name, backend, marks=pytest.mark.slow) if (name, backend) in SLOW_LOGITS else (name, backend)
+    for name in CASES for backend in ("xla", "cpu")], indirect=["case"])
 def test_prompt_logits_match_transformers(case, backend):
     """Both matmul + attention paths: XLA, and the native CPU kernels over packed weights."""
     name, directory, model = case
@@ -71,6 +80,8 @@ def test_prompt_logits_match_transformers(case, backend):
     np.testing.assert_allclose(unrolled, ref, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("case", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_GREEDY else name
+                                  for name in CASES], indirect=True)
 def test_greedy_continuation_matches_transformers(case):
     from jaxserve import LLM
     from jaxserve.sampling_params import SamplingParams

@@ -153,7 +153,10 @@ def test_aborts_and_bad_requests_leak_no_pages(tiny_gqa_checkpoint) -> None:
         LLM(str(tiny_gqa_checkpoint), disaggregated=True, data_parallel_size=2, **ENGINE_KWARGS)
 
 
-@pytest.mark.parametrize("overlap", [True, False])
+# overlap=True (~5 s on 2 cores) asserts a subset of the lockstep run's checks: make test-all; make test keeps the
+# overlapped steps in test_same_outputs_as_the_interleaved_engine (the default) and
+# test_changes_while_a_prefill_step_runs_wait_for_it.
+@pytest.mark.parametrize("overlap", [pytest.param(True, marks=pytest.mark.slow), False])
 def test_a_full_decode_pool_makes_requests_wait(overlap: bool) -> None:
     """A decode pool of 15 pages for six requests of up to 4 pages: hand-offs wait for room, and decode-side
     preemptions are recomputed on the prefill side; the tokens stay those of the interleaved engine, in lockstep

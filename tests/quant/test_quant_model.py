@@ -53,8 +53,21 @@ def test_quantized_logits_are_close_to_float32(tiny, config, tolerance):
     assert rms_rel(chunked, logits) <= 0.02
 
 
-@pytest.mark.parametrize("config", [QuantConfig("int8"), QuantConfig("int8", 32), QuantConfig("int4", 32)])
-@pytest.mark.parametrize("kv_dtype", ["float32", "int8"])
+def _native_cases() -> list:
+    """Every weight format with every KV dtype; in make test each format once and each KV dtype at least once (~4 s
+    a case on 2 cores), the other three in make test-all (int4 weights over int8 KV pages also run through the
+    engine in tests/engine/test_cpu_backend.py)."""
+    fast = {("int8", None, "float32"), ("int8", 32, "int8"), ("int4", 32, "float32")}
+    cases = []
+    for kv_dtype in ("float32", "int8"):
+        for i, (scheme, group) in enumerate([("int8", None), ("int8", 32), ("int4", 32)]):
+            marks = () if (scheme, group, kv_dtype) in fast else pytest.mark.slow
+            config = QuantConfig(scheme) if group is None else QuantConfig(scheme, group)
+            cases.append(pytest.param(config, kv_dtype, marks=marks, id=f"{kv_dtype}-config{i}"))
+    return cases
+
+
+@pytest.mark.parametrize("config,kv_dtype", _native_cases())
 def test_native_cpu_kernels_compute_the_same_quantized_model(tiny, config, kv_dtype):
     """Packed weights through the native CPU kernels give the XLA path's logits (one dequantized model, computed
     two ways: float32 accumulation in both, the XLA path's bfloat16 operands above 16 rows aside)."""

@@ -1,15 +1,15 @@
-"""Paged attention: the XLA path against the Pallas kernels, and a lowering check for TPU and GPU.
+"""Paged attention: the XLA path against the Pallas kernels.
 
-    python bench/kernels.py --check-lowering      # export every production kernel config for tpu and cuda
-    python bench/kernels.py [--dtype bfloat16] [--repeats 5]
+    python bench/attention_kernels.py [--dtype bfloat16] [--repeats 5]
 
-`--check-lowering` prints one row per configuration and exits 0 only if every one lowers. Timing mode runs the
+(That every production kernel configuration compiles for TPU and GPU is `bench/aot_compile.py`'s, with the real
+compilers.) It runs the
 engine's attention call (`attention.xla.paged_attention`, and on TPU/GPU the Pallas adapter) at decode shapes
 (batch x context) and prefill shapes (one chunk over earlier context), 32 query / 8 KV heads, head_dim 128, and
 prints median time, achieved bytes/s and FLOP/s and their fraction of this device's peaks, measured in the same
 run (a large array copy for bandwidth, a square matmul for FLOP/s). On CPU there are no kernels to time (interpret
 mode measures the interpreter, not the kernel): the XLA path and the native CPU kernel (`cpu_kernels`) run, at
-small shapes. Results go to bench/results/kernels.json.
+small shapes. Results go to bench/results/attention_kernels.json.
 """
 
 from __future__ import annotations
@@ -33,24 +33,6 @@ ACCEL_DECODE = [(b, c) for b in (1, 8, 32, 64, 128, 256) for c in (512, 2048, 81
 ACCEL_PREFILL = [(512, 0), (512, 4096), (2048, 0), (2048, 8192)]
 CPU_DECODE = [(1, 512), (1, 2048), (8, 512), (8, 2048)]
 CPU_PREFILL = [(128, 0), (128, 512)]
-
-
-def check_lowering() -> int:
-    from pallas_kernels import lowering
-
-    failures = 0
-    print(f"{'configuration':62s} {'platform':8s} result")
-    for config in lowering.production_configs():
-        try:
-            ok = lowering.custom_call_name(config) in lowering.export(config).mlir_module()
-            result = "ok" if ok else "FAIL: no kernel custom call in the module"
-        except Exception as err:  # noqa: BLE001 - any lowering error is a failed row
-            ok, result = False, f"FAIL: {type(err).__name__}: {str(err).splitlines()[0][:120]}"
-        failures += not ok
-        print(f"{config.name:62s} {lowering.PLATFORM[config.backend]:8s} {result}", flush=True)
-    total = len(lowering.production_configs())
-    print(f"{total - failures}/{total} production kernel configurations lower for tpu and cuda")
-    return 1 if failures else 0
 
 
 def measure_peaks(dtype, repeats: int) -> dict:
@@ -158,13 +140,10 @@ def time_paths(args) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check-lowering", action="store_true")
     parser.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on accelerators")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "kernels.json"))
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "attention_kernels.json"))
     args = parser.parse_args()
-    if args.check_lowering:
-        return check_lowering()
     args.dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
     np.set_printoptions(precision=3)
     return time_paths(args)
