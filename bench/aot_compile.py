@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -105,7 +106,8 @@ def main() -> int:
         print(xla_client.get_topology_for_devices(jax.devices()).target_config)
         return 0
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    result = {"machine": f"{platform.node()} ({platform.machine()}, CPU only)", "python": platform.python_version(),
+    result = {"machine": f"{platform.machine()}, no accelerator", "cpus": os.cpu_count(),
+              "python": platform.python_version(),
               "jax": jax.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "grid": previous.get("grid", []), "deployments": previous.get("deployments", [])}
     if not ns.deployments_only:

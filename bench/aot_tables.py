@@ -13,8 +13,7 @@ def _gib(x: float | None) -> str:
 
 
 def render_aot_compile(d: dict) -> list[str]:
-    lines = [f"`bench/results/aot_compile.json`, {d['date']}, {d['machine']}, Python {d['python']}, jax {d['jax']}.",
-             ""]
+    lines = [f"Python {d['python']}; compile-only devices (`jax.experimental.topologies`).", ""]
     grid = d.get("grid", [])
     if grid:
         chips = sorted({r["chip"] for r in grid}, key=[r["chip"] for r in grid].index)
@@ -37,15 +36,18 @@ def render_aot_compile(d: dict) -> list[str]:
             big = decode[-1] if decode else None
             setup = r["dtype"] + (f", {r['quantization']} weights" if r["quantization"] else "") + \
                 (", int8 KV" if r["kv_cache_dtype"] == "int8" else "")
+            planner_tpot = r.get("planner_tpot_batch1_s")
             rows.append([r["model"], r["target"], r["tensor_parallel_size"], setup,
                          f"{len(r['steps']) - len(r['failures'])} / {len(r['steps'])}", f(r["wall_s"], 0),
                          _gib(p["weights"] + p["kv_pool"]), _gib(c["resident"]), _gib(p["workspace"]),
                          _gib(c["workspace"]), _gib(c["total"]), "yes" if chip["fits"] else "NO",
                          "-" if one is None else f(one["roofline_s"] * 1e3, 2),
+                         "-" if planner_tpot is None else f(planner_tpot * 1e3, 2),
                          "-" if big is None else f"{f(big['roofline_s'] * 1e3, 2)} ({big['name'].split('/')[1]})"])
         lines += ["Deployments through `jaxserve compile` (GiB per chip; roofline = max(FLOPs / peak, bytes / "
                   "bandwidth) of the compiler's cost analysis at the datasheet peaks):", "",
                   table(["model", "target", "TP", "weights / KV", "steps compiled", "wall s", "planner weights+KV",
                          "compiler args", "planner workspace", "compiler workspace", "compiler total", "fits",
-                         "model/1 roofline ms", "largest bucket ms (tokens)"], rows)]
+                         "model/1 roofline ms (compiler)", "batch-1 TPOT ms (planner)",
+                         "largest bucket ms (tokens)"], rows)]
     return lines

@@ -46,8 +46,8 @@ def kernel_backend(backend: str | None = None) -> str:
 def padded_head_dim(backend: str | None, head_dim: int) -> int:
     """The head dim `backend`'s kernels want the pages stored with for a model of `head_dim`.
 
-    TPU: `head_dim` itself for 16, 32, 64 and multiples of 128, else the next multiple of 128 (the HBM layout pads
-    those to 128 lanes anyway; `tpu_rules`). GPU: the next power of two >= 16 (Triton shapes, `tl.dot`).
+    TPU: the next multiple of 128 lanes (narrower pages are padded in HBM anyway, or copied into the kernel's layout
+    before every call: `tpu_rules`). GPU: the next power of two >= 16 (Triton shapes, `tl.dot`).
     """
     if head_dim < 1:
         raise ValueError(f"head_dim must be positive, got {head_dim}")

@@ -73,9 +73,11 @@ GPU_CHIPS: dict[str, GpuChip] = {
 }
 
 # The chip a kernel is sized for when it can neither be told nor find out (CPU interpret mode, an unknown card):
-# the smallest limits of the listed chips of that kind, so the blocks fit anywhere.
+# limits no smaller than any chip of that kind it may meet. For GPUs that is the 99 KiB of opt-in shared memory per
+# block of the sm_86 / sm_89 cards (A10, L4, RTX), well under the A100's and H100's.
 DEFAULT_TPU = TPU_CHIPS["v5e"]
-DEFAULT_GPU = GPU_CHIPS["a100"]
+DEFAULT_GPU = GpuChip("generic-gpu", (8, 6), num_sms=46, shared_memory_per_block_optin=101376,
+                      shared_memory_per_sm=102400)
 
 # `device.device_kind` substrings -> chip (TPU kinds read like "TPU v5 lite", "TPU v6 lite", "TPU v5p", "TPU v4").
 _TPU_KINDS = (("v5 lite", "v5e"), ("v5e", "v5e"), ("v6 lite", "v6e"), ("v6e", "v6e"), ("v5p", "v5p"), ("v5", "v5p"),

@@ -62,8 +62,10 @@ def run_compile(ns: argparse.Namespace) -> int:
     for failed in (s for s in steps if s.error):
         print(f"error: {failed.name} [{failed.shapes}] does not compile for {target.name}: {failed.error}",
               file=sys.stderr)
-    if not report["per_chip"]["fits"] and not report["failures"]:
-        total = report["per_chip"]["compiler"]["total"]
+    total = report["per_chip"]["compiler"]["total"]
+    if total is None and not report["failures"]:
+        print(f"error: the compiler reported no memory figures for {target.name}", file=sys.stderr)
+    elif not report["per_chip"]["fits"] and not report["failures"]:
         print(f"error: the deployment needs {total / 2**30:.2f} GiB per chip by the compiler's figures; "
               f"{target.device.name} has {target.device.memory_bytes / 2**30:.1f} GiB", file=sys.stderr)
     return 1 if report["failures"] or not report["per_chip"]["fits"] else 0

@@ -67,7 +67,10 @@ def _describe(args: Any) -> str:
 def _cost(compiled: Any) -> tuple[float | None, float | None]:
     """FLOPs and bytes accessed per chip from XLA's cost analysis: the compiled module's own where the backend
     reports one (TPU), else XLA's HLO cost analysis of the compiled (optimised) module (GPU, compile-only)."""
-    cost = compiled.cost_analysis()
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - some backends have none
+        cost = None
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else None
     if not cost:
@@ -90,31 +93,33 @@ def compile_deployment(deployment: Deployment, devices: list, progress: Callable
     config = deployment.config
     mesh = make_mesh(devices[:config.tensor_parallel_size])
     steps = StepFunctions(config, mesh, chip=deployment.target.chip)
-    params = abstract_params(config.model, config.dtype, deployment.quantization, mesh)
+    params = abstract_params(config.model, config.dtype, deployment.quantization, mesh, config.layer_loop)
     cache = abstract_cache(config, mesh, **steps.page_geometry)
     rep = replicated(mesh)
     done: dict[tuple, CompiledStep] = {}
 
+    outputs: dict[tuple, Any] = {}  # key -> abstract outputs, so each (function, shape) is lowered once
+
     def call(key: tuple, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if key in outputs:
+            return outputs[key]
+        if key in done:  # refused before: the rest of this job cannot be lowered either
+            raise CompileFailed(done[key].error)
         args, kwargs = _abstract((args, kwargs), rep)
         start = time.perf_counter()
         try:
             lowered = fn.lower(*args, **kwargs)
+            compiled = lowered.compile()
         except Exception as err:  # noqa: BLE001 - reported with the step and its shapes
             raise _failed(done, key, start, err, args, progress) from err
-        if key not in done:
-            try:
-                compiled = lowered.compile()
-            except Exception as err:  # noqa: BLE001
-                raise _failed(done, key, start, err, args, progress) from err
-            analysis = compiled.memory_analysis()
-            memory = None if analysis is None else {f: int(getattr(analysis, f)) for f in MEMORY_FIELDS}
-            flops, nbytes = _cost(compiled)
-            done[key] = CompiledStep(key, time.perf_counter() - start, memory, flops, nbytes,
-                                     shapes=_describe(args))
-            if progress is not None:
-                progress(done[key])
-        return lowered.out_info
+        analysis = compiled.memory_analysis()
+        memory = None if analysis is None else {f: int(getattr(analysis, f)) for f in MEMORY_FIELDS}
+        flops, nbytes = _cost(compiled)
+        done[key] = CompiledStep(key, time.perf_counter() - start, memory, flops, nbytes, shapes=_describe(args))
+        if progress is not None:
+            progress(done[key])
+        outputs[key] = lowered.out_info
+        return outputs[key]
 
     for i, job in enumerate(steps.warmup_jobs()):
         inputs = steps.warmup_inputs(job, copy_pages=i == 0)

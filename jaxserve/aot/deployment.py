@@ -10,10 +10,10 @@ import jax
 
 from jaxserve.aot.targets import Target
 from jaxserve.attention.dispatch import page_head_dim
-from jaxserve.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from jaxserve.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, resolve_layer_loop
 from jaxserve.engine.engine_args import EngineArgs, quant_config
 from jaxserve.kv_cache import allocate_kv_cache
-from jaxserve.model.llama import init_params
+from jaxserve.model.llama import init_params, unstack_layers
 from jaxserve.parallel.sharding import cache_sharding, param_shardings
 from jaxserve.planner.model_presets import resolve_model
 from jaxserve.planner.plan import PlanRequest, plan
@@ -74,7 +74,7 @@ def _with_shardings(tree: Any, shardings: Any) -> Any:
 
 
 def abstract_params(model: ModelConfig, dtype: str, quantization: QuantConfig | None,
-                    mesh: jax.sharding.Mesh) -> dict[str, Any]:
+                    mesh: jax.sharding.Mesh, layer_loop: str = "auto") -> dict[str, Any]:
     """The parameter pytree a checkpoint of `model` loads as (`dtype`, quantized by `quantization`), as
     ShapeDtypeStructs with the shardings `parallel.sharding` gives them on `mesh`."""
     params = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0), dtype))
@@ -86,6 +86,8 @@ def abstract_params(model: ModelConfig, dtype: str, quantization: QuantConfig | 
 
         params = {key: ({name: quantize(f"layers/{name}", w) for name, w in value.items()} if key == "layers"
                         else quantize(key, value)) for key, value in params.items()}
+    if resolve_layer_loop(layer_loop, mesh.devices.flat[0].platform) == "unrolled":  # as `runner.place_params`
+        params = jax.eval_shape(unstack_layers, params)
     return _with_shardings(params, param_shardings(params, mesh))
 
 

@@ -24,8 +24,9 @@ def roofline_seconds(step: CompiledStep, deployment: Deployment) -> float | None
 
 def per_chip(deployment: Deployment, steps: list[CompiledStep]) -> dict[str, Any]:
     """Planner vs compiler, bytes per chip. The compiler's resident bytes are the model step's arguments (weights,
-    KV pages, step inputs); its workspace is the largest transient of any step function (temporaries plus outputs
-    that do not alias an input, plus code)."""
+    KV pages, step inputs) plus the code of every step function (all stay loaded); its workspace is the largest
+    transient of any step function (temporaries plus outputs that do not alias an input). `fits` compares the
+    total with the chip's memory; `within_utilization` with the share of it the pool was planned for."""
     n = deployment.config.tensor_parallel_size
     plan = deployment.plan
     page_bytes = plan["kv_bytes_per_token"] * deployment.config.cache.block_size
@@ -34,15 +35,18 @@ def per_chip(deployment: Deployment, steps: list[CompiledStep]) -> dict[str, Any
     planner["total"] = sum(planner.values())
     ok = [s for s in steps if s.memory is not None]
     model = [s for s in ok if s.key[0] == "model"]
+    code = sum(s.memory["generated_code_size_in_bytes"] for s in ok)
     resident = max((s.memory["argument_size_in_bytes"] for s in model), default=None)
     workspace = max((s.memory["temp_size_in_bytes"] + s.memory["output_size_in_bytes"]
-                     - s.memory["alias_size_in_bytes"] + s.memory["generated_code_size_in_bytes"] for s in ok),
-                    default=None)
-    compiler = {"resident": resident, "workspace": workspace,
-                "total": None if resident is None or workspace is None else resident + workspace}
+                     - s.memory["alias_size_in_bytes"] for s in ok), default=None)
+    compiler = {"resident": None if resident is None else resident + code, "code": code, "workspace": workspace,
+                "total": None if resident is None or workspace is None else resident + code + workspace}
     memory = deployment.target.device.memory_bytes
-    fits = compiler["total"] is not None and compiler["total"] <= memory
-    return {"planner": planner, "compiler": compiler, "chip_memory": memory, "fits": fits}
+    total = compiler["total"]
+    return {"planner": planner, "compiler": compiler, "chip_memory": memory,
+            "memory_utilization": plan["memory_utilization"], "page_head_dim": plan["page_head_dim"],
+            "fits": total is not None and total <= memory,
+            "within_utilization": total is not None and total <= memory * plan["memory_utilization"]}
 
 
 def to_json(deployment: Deployment, steps: list[CompiledStep]) -> dict[str, Any]:
@@ -60,6 +64,8 @@ def to_json(deployment: Deployment, steps: list[CompiledStep]) -> dict[str, Any]
                    "bytes_accessed": s.bytes_accessed, "roofline_s": roofline_seconds(s, deployment),
                    "error": s.error, "shapes": s.shapes} for s in steps],
         "per_chip": per_chip(deployment, steps),
+        # The planner's roofline decode step at batch 1, for comparison with the compiler-derived figures.
+        "planner_tpot_batch1_s": deployment.plan["decode"][0]["tpot_s"] if deployment.plan.get("decode") else None,
         "failures": [s.name for s in steps if s.error],
     }
 
@@ -97,7 +103,10 @@ def format_report(report: dict[str, Any]) -> str:
               f"  weights + KV pool + inputs {_gib(p['weights'] + p['kv_pool'])} {_gib(c['resident'])}",
               f"  step workspace             {_gib(p['workspace'])} {_gib(c['workspace'])}",
               f"  total                      {_gib(p['total'])} {_gib(c['total'])}   of "
-              f"{chip['chip_memory'] / GIB:.1f} GiB: {'fits' if chip['fits'] else 'DOES NOT FIT'}"]
+              f"{chip['chip_memory'] / GIB:.1f} GiB: {'fits' if chip['fits'] else 'DOES NOT FIT'}"
+              + ("" if chip["within_utilization"] or not chip["fits"] else
+                 f" (over the {chip['memory_utilization']:.0%} the KV pool was planned for: plan with "
+                 f"--compiled-workspace)")]
     if report["failures"]:
         lines.append(f"{len(report['failures'])} step function(s) failed to compile: {', '.join(report['failures'])}")
     return "\n".join(lines)

@@ -46,6 +46,9 @@ def prepare() -> None:
     directory. A `JAX_PLATFORMS` naming another platform is left alone (and `require` refuses it)."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no metadata server to ask: libtpu compiles only
+    # libtpu locks /tmp/libtpu_lockfile for the process that owns the TPU; compiling owns none, and two compile
+    # processes at once (tests, a benchmark) must not refuse each other.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     if "jax" in sys.modules:  # jax reads JAX_PLATFORMS at import; the backends start later, on first use
         sys.modules["jax"].config.update("jax_platforms", os.environ["JAX_PLATFORMS"])
     root = cuda_wheel_dir()

@@ -76,8 +76,8 @@ def page_head_dim(attention_backend: str, model: ModelConfig, platform: str | No
     """The head dim to allocate the KV pages with (`kv_cache.allocate_kv_cache(head_dim=...)`) for the path
     `attention_backend` resolves to on `platform` (`options`: those of `resolve_attention_backend`).
 
-    The Pallas kernels want some head dims padded (`pallas_kernels.padded_head_dim`: TPU 80/96/112 -> 128, GPU
-    the next power of two); the XLA and CPU paths read the model's own.
+    The Pallas kernels want some head dims padded (`pallas_kernels.padded_head_dim`: TPU a multiple of 128 lanes,
+    GPU the next power of two); the XLA and CPU paths read the model's own.
     """
     platform = platform or jax.default_backend()
     if resolve_attention_backend(attention_backend, model=model, platform=platform, **options) != "pallas":

@@ -176,8 +176,9 @@ def size_kv_pool(config: EngineConfig, memory_utilization: float = DEFAULT_MEMOR
                 num_blocks * per_block / 2**20, per_block // cache.block_size, config.scheduler.max_model_len,
                 max_concurrency(num_blocks, config.scheduler.max_model_len, cache.block_size))
     if head_dim != config.model.head_dim:
-        logger.info("KV pages are stored with head_dim padded %d -> %d for the attention kernels (counted above)",
-                    config.model.head_dim, head_dim)
+        logger.warning("KV pages are stored with head_dim padded %d -> %d for the attention kernels (counted above: "
+                       "%.2fx the bytes of unpadded pages)",
+                       config.model.head_dim, head_dim, head_dim / config.model.head_dim)
     return num_blocks
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from jaxserve.planner import memory
@@ -38,6 +39,8 @@ def add_plan_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compiled-workspace", default=None, metavar="REPORT.json",
                         help="take the step workspace per chip from a `jaxserve compile --json` report of this "
                              "deployment instead of the planner's estimate")
+    parser.add_argument("--attention-backend", default="auto", help="auto | xla | pallas | cpu: the path whose "
+                        "page geometry (head_dim padding) the KV pool is planned with, as `serve` would choose it")
     parser.add_argument("--json", action="store_true")
 
 
@@ -58,19 +61,36 @@ def request_from_args(ns: argparse.Namespace) -> PlanRequest:
     else:
         device, profile = get_device(ns.device), None
     device = device.with_overrides(ns.memory_gb, ns.bandwidth_gbs, ns.tflops)
-    workspace = None if ns.compiled_workspace is None else compiled_workspace(ns.compiled_workspace, ns.num_devices)
-    return PlanRequest(model=model, device=device, model_name=name, weight_format=ns.dtype,
+    workspace = None if ns.compiled_workspace is None else compiled_workspace(ns.compiled_workspace, ns)
+    request = PlanRequest(model=model, device=device, model_name=name, weight_format=ns.dtype,
                        kv_cache_dtype=ns.kv_cache_dtype, max_model_len=ns.max_model_len,
                        memory_utilization=ns.gpu_memory_utilization, num_devices=ns.num_devices,
                        block_size=ns.block_size, kv_cache_memory=kv_cache_memory,
                        max_num_batched_tokens=ns.max_num_batched_tokens, max_num_seqs=ns.max_num_seqs,
                        prompt_len=ns.prompt_len, output_len=ns.output_len, group_size=ns.group_size,
                        profile=profile, workspace_bytes=workspace)
+    return dataclasses.replace(request, page_head_dim=_page_head_dim(request, ns))
 
 
-def compiled_workspace(path: str, num_devices: int) -> float:
-    """The step workspace of all `num_devices` devices from a `jaxserve compile --json` report: the largest
-    transient (temporaries, non-aliased outputs, code) of any step function, per chip, times the chips."""
+def _page_head_dim(req: PlanRequest, ns: argparse.Namespace) -> int:
+    """The head dim `serve` would store the pages with on this device (padded for some Pallas kernels)."""
+    from jaxserve.attention.dispatch import page_head_dim
+
+    if ns.device == "local":
+        import jax
+
+        platform = jax.default_backend()
+    else:
+        platform = "tpu" if ns.device.lower().startswith("tpu") else "gpu"
+    return page_head_dim(ns.attention_backend, req.model, platform, block_size=req.block_size, kv_dtype=req.kv_dtype,
+                         max_model_len=req.context_len, max_num_seqs=req.max_num_seqs)
+
+
+def compiled_workspace(path: str, ns: argparse.Namespace) -> float:
+    """The step workspace of all `--num-devices` devices from a `jaxserve compile --json` report of the same
+    deployment: the largest transient (temporaries, non-aliased outputs) of any step function plus the code of all
+    of them, per chip, times the chips. A report of another deployment is refused, naming what differs."""
+    num_devices = ns.num_devices
     try:
         with open(path) as f:
             report = json.load(f)
@@ -79,10 +99,14 @@ def compiled_workspace(path: str, num_devices: int) -> float:
         raise ValueError(f"--compiled-workspace {path}: not a `jaxserve compile --json` report ({err})") from None
     if per_chip is None:
         raise ValueError(f"--compiled-workspace {path}: the report has no workspace (a step failed to compile)")
-    if report.get("tensor_parallel_size", num_devices) != num_devices:
-        raise ValueError(f"--compiled-workspace {path} was compiled for {report['tensor_parallel_size']} device(s); "
-                         f"this plan has --num-devices {num_devices}")
-    return float(per_chip) * num_devices
+    mine = {"tensor_parallel_size": num_devices, "max_num_batched_tokens": ns.max_num_batched_tokens,
+            "max_num_seqs": ns.max_num_seqs, "max_model_len": ns.max_model_len, "block_size": ns.block_size}
+    for key, value in mine.items():
+        if value is not None and report.get(key, value) != value:
+            raise ValueError(f"--compiled-workspace {path} was compiled with {key}={report[key]}; this plan has "
+                             f"{value}: compile the same deployment")
+    code = report["per_chip"]["compiler"].get("code") or 0
+    return (float(per_chip) + code) * num_devices
 
 
 def _local_profile(model, device, kv_cache_memory: float, ns: argparse.Namespace):

@@ -123,6 +123,7 @@ def plan(req: PlanRequest) -> dict[str, Any]:
         "kv_bytes_per_sequence": kv_sequence, "workspace_bytes": workspace,
         "workspace_source": "estimate" if req.workspace_bytes is None else "compiler",
         "kv_budget_bytes": max(budget, 0), "num_kv_blocks": num_blocks, "fits": fits,
+        "memory_utilization": req.memory_utilization,
         "max_concurrency": concurrency, "prompt_len": req.prompt_len, "decode_context": context,
         "ttft_s": ttft.seconds, "prefill_compute_bound": ttft.compute_bound, "decode": decode,
         "compute_bound_batch": roofline.compute_bound_batch(model, device, context, *args),
