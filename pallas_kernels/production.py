@@ -16,11 +16,13 @@ device (`jax.experimental.topologies`; `jaxserve.aot` makes them).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pallas_kernels import api, chips
 
@@ -127,7 +129,22 @@ class KernelConfig:
 
 def compile_config(config: KernelConfig, sharding):
     """`config` lowered and compiled for `sharding`'s device: the compiled executable."""
-    return config.function().lower(*config.arg_shapes(sharding)).compile()
+    with target_context(next(iter(sharding.device_set))):
+        return config.function().lower(*config.arg_shapes(sharding)).compile()
+
+
+@contextlib.contextmanager
+def target_context(device):
+    """Lowering for `device` where it is not the local device (compile-only): from jax 0.12 the Triton lowering
+    learns the GPU it compiles for from the abstract mesh in context (without one it asks for a local GPU and
+    fails: "No supported GPU devices found"); older jax reads the target from the device itself."""
+    use_abstract_mesh = getattr(jax.sharding, "use_abstract_mesh", None)
+    mesh = jax.sharding.Mesh(np.asarray([device]), ("target",))
+    if use_abstract_mesh is None or getattr(mesh.abstract_mesh, "abstract_device", None) is None:
+        yield
+        return
+    with use_abstract_mesh(mesh.abstract_mesh):
+        yield
 
 
 def make_config(kernel: str, chip: str, model: str, page_dtype: str, block_size: int = 16, *,

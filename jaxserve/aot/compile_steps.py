@@ -18,6 +18,7 @@ import numpy as np
 from jaxserve.aot.deployment import Deployment, abstract_cache, abstract_params
 from jaxserve.engine.step_functions import StepFunctions
 from jaxserve.parallel.mesh import make_mesh, replicated
+from pallas_kernels.production import target_context
 
 MEMORY_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
                  "generated_code_size_in_bytes")
@@ -121,12 +122,13 @@ def compile_deployment(deployment: Deployment, devices: list, progress: Callable
         outputs[key] = lowered.out_info
         return outputs[key]
 
-    for i, job in enumerate(steps.warmup_jobs()):
-        inputs = steps.warmup_inputs(job, copy_pages=i == 0)
-        try:
-            _, cache = steps.step(call, params, cache, inputs, job.variant, job.prompt_logprobs)
-        except CompileFailed:
-            continue
+    with target_context(mesh.devices.flat[0]):
+        for i, job in enumerate(steps.warmup_jobs()):
+            inputs = steps.warmup_inputs(job, copy_pages=i == 0)
+            try:
+                _, cache = steps.step(call, params, cache, inputs, job.variant, job.prompt_logprobs)
+            except CompileFailed:
+                continue
     return list(done.values())
 
 

@@ -9,6 +9,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import pytest
+import aot_helpers
 from aot_helpers import sharding
 
 import pallas_kernels
@@ -74,7 +75,8 @@ def _decode_call(chip: str, block_size: int = 64, **options):
         return pallas_kernels.paged_decode_attention(q, k, v, lengths, tables, scale=0.1, layer=layer,
                                                      backend=config.backend, chip=get_chip(chip), **options)
 
-    return jax.jit(call).lower(*config.arg_shapes(sharding(CHIP_TARGETS[chip])))
+    with production.target_context(aot_helpers.device(CHIP_TARGETS[chip])):
+        return jax.jit(call).lower(*config.arg_shapes(sharding(CHIP_TARGETS[chip])))
 
 
 def test_vmem_overflow_is_caught_on_v5e_and_fits_v6e() -> None:
@@ -111,7 +113,10 @@ def test_tpu_compiler_rejects_a_tiling_violation(monkeypatch: pytest.MonkeyPatch
                                                      layer=layer, backend="tpu", chip=get_chip("v5e"),
                                                      queries_per_block=4)
 
-    lower = lambda: jax.jit(call).lower(*config.arg_shapes(sharding("tpu-v5e"))).compile()  # noqa: E731
+    def lower():
+        with production.target_context(aot_helpers.device("tpu-v5e")):
+            return jax.jit(call).lower(*config.arg_shapes(sharding("tpu-v5e"))).compile()
+
     with pytest.raises(ValueError, match="multiple of 8"):
         lower()
     monkeypatch.setattr(tpu_rules, "check_tpu_query_block", lambda *a: None)
