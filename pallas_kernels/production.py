@@ -134,12 +134,13 @@ def compile_config(config: KernelConfig, sharding):
 
 
 @contextlib.contextmanager
-def target_context(device):
-    """Lowering for `device` where it is not the local device (compile-only): from jax 0.12 the Triton lowering
-    learns the GPU it compiles for from the abstract mesh in context (without one it asks for a local GPU and
-    fails: "No supported GPU devices found"); older jax reads the target from the device itself."""
+def target_context(target):
+    """Lowering for `target` (a device, or the `Mesh` the computation is sharded over) where it is not the local
+    device (compile-only): from jax 0.12 the Triton lowering learns the GPU it compiles for from the abstract mesh
+    in context (without one it asks for a local GPU and fails: "No supported GPU devices found"); older jax reads
+    the target from the device itself."""
     use_abstract_mesh = getattr(jax.sharding, "use_abstract_mesh", None)
-    mesh = jax.sharding.Mesh(np.asarray([device]), ("target",))
+    mesh = target if isinstance(target, jax.sharding.Mesh) else jax.sharding.Mesh(np.asarray([target]), ("target",))
     if use_abstract_mesh is None or getattr(mesh.abstract_mesh, "abstract_device", None) is None:
         yield
         return

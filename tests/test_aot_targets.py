@@ -52,3 +52,14 @@ def test_missing_toolchain_says_how_to_install(monkeypatch: pytest.MonkeyPatch) 
             toolchain.require(platform)
     monkeypatch.setenv("JAX_PLATFORMS", "tpu")
     assert "JAX_PLATFORMS=cpu" in toolchain.missing("tpu")
+
+
+def test_compile_without_the_toolchain_says_what_to_install(capsys, tmp_path) -> None:
+    """`jaxserve compile` in the serving environment, which has neither toolchain: exit 2 naming the command that
+    installs them, not a traceback."""
+    if toolchain.missing("gpu") is None:
+        pytest.skip("the GPU toolchain is installed in this environment (this checks the serving .venv)")
+    from jaxserve.cli import main
+
+    assert main(["compile", "smollm2-135m", "--target", "h100"]) == 2
+    assert "make aot-tools" in capsys.readouterr().err

@@ -122,7 +122,7 @@ def compile_deployment(deployment: Deployment, devices: list, progress: Callable
         outputs[key] = lowered.out_info
         return outputs[key]
 
-    with target_context(mesh.devices.flat[0]):
+    with target_context(mesh):
         for i, job in enumerate(steps.warmup_jobs()):
             inputs = steps.warmup_inputs(job, copy_pages=i == 0)
             try:

@@ -57,16 +57,23 @@ def prepare() -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_cuda_data_dir={root}".strip()
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a dotted name whose parent package is absent
+        return False
+
+
 def missing(platform: str) -> str | None:
     """Why compiling for `platform` ("tpu" | "gpu") cannot work here, or None."""
     if os.environ.get("JAX_PLATFORMS", "") != "cpu":
         return ("compile-only devices need JAX_PLATFORMS=cpu (set it, or call jaxserve.aot.toolchain.prepare() "
                 "before jax starts)")
     if platform == "tpu":
-        if importlib.util.find_spec("libtpu") is None:
+        if not _installed("libtpu"):
             return f"the TPU compiler (libtpu) is not installed in this environment; {INSTALL_HINT}"
         return None
-    if importlib.util.find_spec("jax_plugins.xla_cuda13") is None:
+    if not _installed("jax_plugins.xla_cuda13"):
         return f"the GPU compiler (jax-cuda13-plugin) is not installed in this environment; {INSTALL_HINT}"
     if ptxas_path() is None:
         return f"the ptxas of the nvidia-cuda-nvcc wheel is not installed in this environment; {INSTALL_HINT}"

@@ -34,7 +34,8 @@ def _expected_steps() -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("target, extra", [("tpu-v5e", []), pytest.param("h100", ["--kv-cache-dtype", "int8"])])
+@pytest.mark.parametrize("target, extra", [("tpu-v5e", []), ("h100", ["--kv-cache-dtype", "int8"]),
+                                           ("tpu-v5e:2x2", ["--tensor-parallel-size", "2", "--quantization", "int4"])])
 def test_compile_a_small_model(tiny_config: str, target: str, extra: list[str], capsys, tmp_path: Path) -> None:
     out = tmp_path / "cache"
     assert main(["compile", tiny_config, "--target", target, "--json", "--out", str(out), *FLAGS, *extra]) == 0
