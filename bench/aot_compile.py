@@ -73,10 +73,12 @@ def compile_grid(tier: str) -> list[dict]:
     return rows
 
 
-def compile_deployments() -> list[dict]:
-    """Each deployment of DEPLOYMENTS through `jaxserve compile`."""
+def compile_deployments(only: str | None = None) -> list[dict]:
+    """Each deployment of DEPLOYMENTS (or those whose `MODEL@TARGET` is `only`) through `jaxserve compile`."""
     reports = []
     for model, target_name, overrides in DEPLOYMENTS:
+        if only is not None and only != f"{model}@{target_name}":
+            continue
         target = parse_target(target_name)
         args = EngineArgs(**{"max_model_len": 8192, **overrides})
         start = time.perf_counter()
@@ -97,6 +99,8 @@ def main() -> int:
     parser.add_argument("--grid-only", action="store_true")
     parser.add_argument("--deployments-only", action="store_true")
     parser.add_argument("--tier", default="full", choices=("fast", "full"))
+    parser.add_argument("--only", default=None, metavar="MODEL@TARGET",
+                        help="recompile one deployment (e.g. llama-3-8b@tpu-v5e:2x2), keeping the others' results")
     parser.add_argument("--print-gpu-config", action="store_true",
                         help="print this machine's GPU target config (run on a real GPU, without JAX_PLATFORMS=cpu)")
     ns = parser.parse_args()
@@ -113,7 +117,14 @@ def main() -> int:
     if not ns.deployments_only:
         result["grid"] = compile_grid(ns.tier)
     if not ns.grid_only:
-        result["deployments"] = compile_deployments()
+        fresh = compile_deployments(ns.only)
+        if ns.only is None:
+            result["deployments"] = fresh
+        else:  # replace that deployment's rows in place
+            key = lambda r: tuple(r[k] for k in ("model", "target", "tensor_parallel_size", "dtype",  # noqa: E731
+                                                 "quantization", "kv_cache_dtype"))
+            replaced = {key(r): r for r in fresh}
+            result["deployments"] = [replaced.pop(key(r), r) for r in result["deployments"]] + list(replaced.values())
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {RESULTS}")
     failed = [r for r in result["grid"] if not r["ok"]] + [r for r in result["deployments"] if r["failures"]]

@@ -104,22 +104,27 @@ def compile_deployment(deployment: Deployment, devices: list, progress: Callable
     def call(key: tuple, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if key in outputs:
             return outputs[key]
-        if key in done:  # refused before: the rest of this job cannot be lowered either
+        if key in done:  # its lowering was refused before: the rest of this job cannot be lowered either
             raise CompileFailed(done[key].error)
         args, kwargs = _abstract((args, kwargs), rep)
         start = time.perf_counter()
         try:
             lowered = fn.lower(*args, **kwargs)
-            compiled = lowered.compile()
         except Exception as err:  # noqa: BLE001 - reported with the step and its shapes
-            raise _failed(done, key, start, err, args, progress) from err
+            raise _failed(done, key, start, err, (args, kwargs), progress) from err
+        outputs[key] = lowered.out_info  # lowered: the job's later functions can go on even if this one is refused
+        try:
+            compiled = lowered.compile()
+        except Exception as err:  # noqa: BLE001
+            _failed(done, key, start, err, (args, kwargs), progress)
+            return outputs[key]
         analysis = compiled.memory_analysis()
         memory = None if analysis is None else {f: int(getattr(analysis, f)) for f in MEMORY_FIELDS}
         flops, nbytes = _cost(compiled)
-        done[key] = CompiledStep(key, time.perf_counter() - start, memory, flops, nbytes, shapes=_describe(args))
+        done[key] = CompiledStep(key, time.perf_counter() - start, memory, flops, nbytes,
+                                 shapes=_describe((args, kwargs)))
         if progress is not None:
             progress(done[key])
-        outputs[key] = lowered.out_info
         return outputs[key]
 
     with target_context(mesh):

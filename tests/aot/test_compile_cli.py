@@ -70,3 +70,16 @@ def test_bad_target_and_tensor_parallel_size(tiny_config: str, capsys) -> None:
     assert "unknown compile target" in capsys.readouterr().err
     assert main(["compile", tiny_config, "--target", "tpu-v5e", "--tensor-parallel-size", "2"]) == 2
     assert "needs 2 devices" in capsys.readouterr().err
+
+
+def test_a_step_the_compiler_refuses_is_named(tiny_config: str, capsys) -> None:
+    """A KV pool of ~24 GiB on a 16 GiB v5e: the compiler refuses the model step (HBM), the command exits 1
+    naming the step, its shapes and the compiler's message, and the other step functions still compile."""
+    flags = ["compile", tiny_config, "--target", "tpu-v5e", "--json", "--num-kv-blocks", "750000", *FLAGS]
+    assert main(flags) == 1
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["failures"] and all(name.startswith(("model/", "copy")) for name in report["failures"])
+    assert any(s["name"].startswith("sample/") and s["error"] is None for s in report["steps"])
+    assert "error: model/1 [int32[1]" in captured.err and "does not compile for tpu-v5e" in captured.err
+    assert "memory" in captured.err.lower()
